@@ -1,0 +1,66 @@
+"""A small result cache keyed by parameters and the pruninglib version.
+
+A class re-running a lesson should not retrain: ``cached("lenet3", {"epochs": 3, ...}, train)``
+returns the stored result when the same parameters (and the same pruninglib version) were
+computed before, otherwise it calls ``train()`` and stores what it returns. A changed
+parameter or a new pruninglib version gives a new key, so stale results are never reused.
+
+The folder is ``PRUNINGLIB_CACHE`` (default ``<repository>/cache``); ``PRUNINGLIB_NO_CACHE=1``
+switches the cache off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from pruninglib.checkpoint import ChecksumError, load_checkpoint, save_checkpoint
+
+__all__ = ["cache_dir", "cache_key", "cached"]
+
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    """The cache folder (created on first use)."""
+    env = os.environ.get("PRUNINGLIB_CACHE")
+    root = Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
+    return root
+
+
+def cache_key(name: str, params: dict[str, Any]) -> str:
+    """A stable hex key for ``name``, ``params`` and the pruninglib version."""
+    from pruninglib import __version__
+
+    blob = json.dumps({"name": name, "params": params, "version": __version__}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached(name: str, params: dict[str, Any], compute: Callable[[], T], verbose: bool = True) -> T:
+    """Return ``compute()``'s result, computed once per (name, params, version).
+
+    Args:
+        name: what is cached (part of the file name).
+        params: everything the result depends on (JSON-like values).
+        compute: the function that computes it; its result must be ``torch.save``-able.
+        verbose: print whether the result was loaded or computed.
+    """
+    if os.environ.get("PRUNINGLIB_NO_CACHE"):
+        return compute()
+    path = cache_dir() / f"{name}-{cache_key(name, params)}.pt"
+    if path.exists():
+        try:
+            result = load_checkpoint(path)
+            if verbose:
+                print(f"[cache] loaded {name} from {path}")
+            return result
+        except (ChecksumError, EOFError, RuntimeError) as e:
+            print(f"[cache] ignoring unreadable {path}: {e}")
+    result = compute()
+    save_checkpoint(result, path)
+    if verbose:
+        print(f"[cache] stored {name} in {path}")
+    return result

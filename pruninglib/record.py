@@ -1,0 +1,75 @@
+"""Record a notebook's key numbers so the batch runner can read them back.
+
+``record("test_accuracy", 0.91)`` displays the value and stores it in the cell's
+output under a private MIME type. :mod:`pruninglib.run` reads those outputs from the
+executed notebook, so summaries never parse printed text (the idea of
+nteract's *scrapbook*, in twenty lines).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["MIME_TYPE", "record", "read_records", "to_jsonable"]
+
+MIME_TYPE = "application/vnd.pruninglib.record+json"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn tensors, NumPy scalars/arrays, tuples and dicts into JSON values."""
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu()
+        return value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def record(name: str, value: Any, display_value: bool = True) -> Any:
+    """Record ``value`` under ``name`` in the running notebook's output.
+
+    Args:
+        name: key of the number in the run summary (``snake_case``).
+        value: a number, string, list or dict (tensors and NumPy values are converted).
+        display_value: also show ``name = value`` as text.
+
+    Returns:
+        The JSON-converted value.
+    """
+    value = to_jsonable(value)
+    json.dumps(value)  # fail early on values the summary could not store
+    payload = {MIME_TYPE: {"name": name, "value": value}}
+    payload["text/plain"] = f"{name} = {value!r}" if display_value else ""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(payload, raw=True)
+            return value
+    except ImportError:  # pragma: no cover
+        pass
+    if display_value:
+        print(payload["text/plain"])
+    return value
+
+
+def read_records(nb: Any) -> dict[str, Any]:
+    """Collect every recorded ``name -> value`` from an executed notebook (nbformat node or dict)."""
+    out: dict[str, Any] = {}
+    for cell in nb["cells"]:
+        for o in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            data = o.get("data", {})
+            if MIME_TYPE in data:
+                rec = data[MIME_TYPE]
+                if isinstance(rec, str):
+                    rec = json.loads(rec)
+                out[rec["name"]] = rec["value"]
+    return out
