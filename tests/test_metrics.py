@@ -1,0 +1,24 @@
+import torch
+import torch.nn as nn
+
+from pruninglib import metrics
+
+
+def test_macs_by_hand():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    expected = 4 * 4 * 8 * 3 * 9 + 128 * 5
+    assert metrics.count_macs(m, (2, 3, 4, 4)) == expected
+    assert metrics.count_parameters(m) == 8 * 27 + 8 + 128 * 5 + 5
+
+
+def test_size_on_disk_grows_with_parameters():
+    small, big = nn.Linear(10, 10), nn.Linear(100, 100)
+    assert metrics.size_on_disk(big) > metrics.size_on_disk(small) + 4 * (10100 - 110) * 0.9
+
+
+def test_latency_reports_conditions():
+    m = nn.Linear(16, 16)
+    r = metrics.measure_latency(m, torch.zeros(4, 16), warmup=1, repeats=5, threads=1)
+    assert r.repeats == 5 and r.batch_size == 4 and r.threads == 1
+    assert 0 < r.min_s <= r.median_s <= r.max_s
+    assert "median" in str(r)
