@@ -64,3 +64,22 @@ def test_subset_per_class_is_balanced_and_seeded():
 def test_real_fashion_mnist_offline():
     ds = D.load_dataset("fashion_mnist", "test")
     assert len(ds) == 10_000 and np.bincount(D.targets_of(ds)).tolist() == [1000] * 10
+
+
+def test_manifest_verification_catches_changes(tmp_path):
+    from pruninglib.data_check import verify_manifest
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"hello")
+    import hashlib
+    man = tmp_path / "m.sha256"
+    man.write_text(f"{hashlib.sha256(b'hello').hexdigest()}  a/x.jpg\n{'0' * 64}  a/y.jpg\n")
+    assert verify_manifest(tmp_path, man) == [f"missing: {tmp_path / 'a' / 'y.jpg'}"]
+    (tmp_path / "a" / "x.jpg").write_bytes(b"hellO")
+    assert "checksum mismatch" in verify_manifest(tmp_path, man)[0]
+
+
+@pytest.mark.skipif(not any((p / "cats_vs_dogs").is_dir() for p in D.search_path()),
+                    reason="cats_vs_dogs not on the search path")
+def test_offline_cats_vs_dogs_matches_committed_manifest():
+    from pruninglib.data_check import verify_dataset
+    assert verify_dataset("cats_vs_dogs") == []

@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from pruninglib.criteria.base import (CRITERIA, Scores, get_criterion, list_criteria, lowest_units,
-                                      normalize_per_layer, register)
+from pruninglib.criteria.base import (CRITERIA, Scores, check_ratio, get_criterion, list_criteria,
+                                      lowest_per_layer, lowest_units, normalize_per_layer, register)
 
-__all__ = ["CRITERIA", "Scores", "get_criterion", "list_criteria", "lowest_units",
-           "normalize_per_layer", "register"]
+__all__ = ["CRITERIA", "Scores", "check_ratio", "get_criterion", "list_criteria", "lowest_per_layer",
+           "lowest_units", "normalize_per_layer", "register"]
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base":

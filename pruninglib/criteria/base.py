@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 
 __all__ = ["Scores", "CRITERIA", "register", "get_criterion", "list_criteria",
-           "normalize_per_layer", "lowest_units"]
+           "normalize_per_layer", "lowest_units", "check_ratio", "lowest_per_layer"]
 
 Scores = dict[str, torch.Tensor]
 """``{layer name: 1-D tensor of per-unit importance}`` (higher = keep)."""
@@ -67,3 +67,32 @@ def lowest_units(scores: Scores, n: int, min_keep: int = 1) -> list[tuple[str, i
             out.append((name, i))
             left[name] -= 1
     return out
+
+
+def check_ratio(ratio: float, name: str = "ratio") -> float:
+    """Validate a pruning ratio: the fraction of units to remove, in [0, 1).
+
+    Raises:
+        ValueError: naming the fix, e.g. for 1.2 ("a ratio is a fraction: use 0.2 to remove 20%").
+    """
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1), got {ratio!r}") from None
+    if not 0.0 <= r < 1.0:
+        hint = f"; did you mean {r / 100:g} ({r:g}%)?" if 1.0 < r <= 100.0 else ""
+        raise ValueError(f"{name} must be in [0, 1) (the fraction of units to remove; 1.0 would remove "
+                         f"every unit of a layer), got {ratio!r}{hint}")
+    return r
+
+
+def lowest_per_layer(scores: Scores, ratio: float, min_keep: int = 1) -> dict[str, list[int]]:
+    """A uniform plan: in every layer, the ``floor(ratio * n)`` least important units
+    (capped so that ``min_keep`` units stay), as ``{layer: [indices]}`` for
+    :func:`pruninglib.surgery.prune_channels`."""
+    r = check_ratio(ratio)
+    plan = {}
+    for name, v in scores.items():
+        k = min(int(r * len(v)), len(v) - min_keep)
+        plan[name] = v.argsort()[:max(k, 0)].tolist()
+    return plan
