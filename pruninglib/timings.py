@@ -1,0 +1,79 @@
+"""Lesson timings taken from run summaries, never guessed.
+
+Every lesson's first Markdown cell carries a line ``**Time on a 2-core CPU.** ...``.
+``python -m pruninglib.timings`` rewrites that line from the newest successful run of each
+lesson in each mode found in ``runs/*/summary.json`` (written by :mod:`pruninglib.run`),
+naming the run it came from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+__all__ = ["latest_timings", "timing_line", "update_notebooks", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+LINE = re.compile(r"^\*\*Time on a 2-core CPU\.\*\*.*$", re.M)
+
+
+def latest_timings(runs: Path = ROOT / "runs") -> dict[str, dict[str, tuple[float, str]]]:
+    """``{notebook stem: {mode: (seconds, run folder name)}}`` from the newest ok, un-gridded runs."""
+    out: dict[str, dict[str, tuple[float, str]]] = {}
+    for summary in sorted(runs.glob("*/summary.json")):  # folder names sort by time stamp
+        for r in json.loads(summary.read_text()):
+            params = r.get("params", {})
+            if r.get("status") != "ok" or set(params) - {"MODE"}:
+                continue
+            out.setdefault(r["notebook"], {})[params.get("MODE", "quick")] = (float(r["seconds"]), summary.parent.name)
+    return out
+
+
+def timing_line(t: dict[str, tuple[float, str]]) -> str:
+    """The Markdown line for one lesson's timings."""
+    parts = []
+    for mode in ("quick", "laptop", "paper"):
+        if mode in t:
+            sec, run = t[mode]
+            parts.append(f"{mode} {sec / 60:.1f} min (run {run})")
+        elif mode != "paper":
+            parts.append(f"{mode}: not measured yet")
+    return "**Time on a 2-core CPU.** " + "; ".join(parts) + ". Measured by `python -m pruninglib.run`."
+
+
+def update_notebooks(notebooks: Path = ROOT / "notebooks", runs: Path = ROOT / "runs") -> list[str]:
+    """Rewrite the timing line of every lesson that has one; return the stems changed."""
+    timings = latest_timings(runs)
+    changed = []
+    for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        t = timings.get(path.stem)
+        if not t:
+            continue
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and LINE.search(cell.source):
+                new = LINE.sub(timing_line(t), cell.source, count=1)
+                if new != cell.source:
+                    cell.source = new
+                    nbformat.write(nb, path)
+                    changed.append(path.stem)
+                break
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pruninglib.timings", description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs")
+    ap.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
+    a = ap.parse_args(argv)
+    changed = update_notebooks(a.notebooks, a.runs)
+    print("updated:", ", ".join(changed) if changed else "nothing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
