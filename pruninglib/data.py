@@ -252,7 +252,7 @@ def load_dataset(name: str, split: str = "train", transform: Any = None,
         return synthetic_images(train=(split == "train"))
     try:
         root = find_dataset(name)
-    except DatasetNotFoundError:
+    except DatasetNotFoundError as missing:
         spec = DATASETS[name]
         allowed = (not _offline()) if download is None else download
         if not allowed or spec.download is None:
@@ -260,9 +260,10 @@ def load_dataset(name: str, split: str = "train", transform: Any = None,
         root = search_path()[0]
         try:
             spec.download(root)
-        except Exception as e:  # network errors
-            raise DatasetNotFoundError(f"downloading {name!r} into {root} failed ({type(e).__name__}: {e}). "
-                                       f"Get it with {spec.how}") from e
+        except Exception as e:  # network errors, read-only folders
+            raise DatasetNotFoundError(f"{missing}\nDownloading it into {root.resolve()} failed "
+                                       f"({type(e).__name__}: {e}); set PRUNINGLIB_OFFLINE=1 to skip "
+                                       "the download attempt.") from e
     return DATASETS[name].load(root, split, transform)
 
 

@@ -83,3 +83,15 @@ def test_manifest_verification_catches_changes(tmp_path):
 def test_offline_cats_vs_dogs_matches_committed_manifest():
     from pruninglib.data_check import verify_dataset
     assert verify_dataset("cats_vs_dogs") == []
+
+
+def test_failed_download_still_lists_searched_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNINGLIB_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("PRUNINGLIB_OFFLINE", raising=False)
+
+    def boom(root):
+        raise OSError("no network")
+
+    monkeypatch.setattr(D.DATASETS["cifar10"], "download", boom)
+    with pytest.raises(D.DatasetNotFoundError, match=r"(?s)nowhere.*no network.*PRUNINGLIB_OFFLINE"):
+        D.load_dataset("cifar10")
