@@ -59,7 +59,7 @@ def test_subset_per_class_is_balanced_and_seeded():
     assert D.subset_per_class(ds, 5, seed=2).indices != s1.indices
 
 
-@pytest.mark.skipif(not any((p / "FashionMNIST" / "raw").is_dir() for p in D.search_path()),
+@pytest.mark.skipif(not any(D.DATASETS["fashion_mnist"].present(p) for p in D.search_path()),
                     reason="real Fashion-MNIST not on the search path")
 def test_real_fashion_mnist_offline():
     ds = D.load_dataset("fashion_mnist", "test")
