@@ -9,7 +9,8 @@ MODE   ?= quick
 # offline copy that sits beside a checkout on the course machines.
 PRUNINGLIB_DATA ?= $(CURDIR)/data:$(CURDIR)/../shared/data
 export PRUNINGLIB_DATA
-export MPLBACKEND ?= Agg
+# Batch runs (make run / make test) have no widget front end: explorers draw static figures.
+export PRUNINGLIB_STATIC ?= 1
 
 .PHONY: install run test bench clean
 

@@ -155,9 +155,9 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
         raise ValueError(f"{path} is not a pruninglib pruned-model file")
     model = build_model(payload["config"]["name"], **payload["config"]["kwargs"])
     named = dict(model.named_modules())
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}  # before resizing resets them
     for name, shape in payload["shapes"].items():
         _resize(named[name], shape)
-    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     model.load_state_dict(payload["state_dict"])
     for n, p in model.named_parameters():
         p.requires_grad_(trainable.get(n, True))

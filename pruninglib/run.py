@@ -485,6 +485,7 @@ def run_notebooks(
     Raises:
         ValueError: unknown mode or parameter name, or ``jobs < 1``.
     """
+    os.environ.setdefault("PRUNINGLIB_STATIC", "1")  # no widget front end in a batch run
     notebooks = [Path(nb).resolve() for nb in notebooks]
     params = dict(params or {})
     grid = {k: list(v) for k, v in (grid or {}).items()}

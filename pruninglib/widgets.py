@@ -21,13 +21,14 @@ def is_interactive() -> bool:
         return False
     if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
         return False
-    # papermill and nbval drive the kernel without a front end; both set identifying env vars
-    # only sometimes, so also check that ipywidgets imports.
+    # papermill and nbval drive a ZMQ kernel without a front end, which the kernel cannot tell
+    # from JupyterLab: batch runs set PRUNINGLIB_STATIC=1 (the Makefile, .ci/run and
+    # pruninglib.run do).
     try:
         import ipywidgets  # noqa: F401
     except ImportError:
         return False
-    return not os.environ.get("PAPERMILL_EXECUTION") and "NBVAL" not in os.environ
+    return True
 
 
 def slider_explorer(draw: Callable[[Any], None], values: Sequence[Any], description: str = "value",
@@ -35,7 +36,8 @@ def slider_explorer(draw: Callable[[Any], None], values: Sequence[Any], descript
     """Show ``draw(value)`` under a slider over ``values``.
 
     Args:
-        draw: draws one figure for a value (call ``plt.show()`` inside).
+        draw: draws one figure for a value (call ``plt.show()`` inside); its parameter must be
+            named ``value`` (the slider is passed as ``value=``).
         values: the slider's positions.
         description: the slider's label.
         static_values: what to draw when not interactive (default: first, middle and last).
