@@ -1,0 +1,640 @@
+r"""Transfer learning on a frozen backbone, then iterative Taylor pruning: the Cats-vs-Dogs case study.
+
+Gildenblat's "Pruning deep neural networks to make them fast and small" (code:
+jacobgil/pytorch-pruning) applies Molchanov et al. 2017 (ICLR), "Pruning Convolutional Neural
+Networks for Resource Efficient Inference", to VGG16 fine-tuned on Kaggle's Dogs vs Cats:
+
+1. **Transfer.** Freeze VGG16's ImageNet convolutions, train a new classifier on top.
+2. **Rank.** Score every conv filter with the first-order Taylor criterion, Molchanov et al.
+   2017, Eq. (7)-(8):
+
+   .. math::
+       \Theta_{TE}(z_l^{(k)}) = \Big|\frac{1}{M}\sum_m \frac{\partial C}{\partial z^{(k)}_{l,m}}\,
+       z^{(k)}_{l,m}\Big|, \qquad
+       \hat\Theta(z_l^{(k)}) = \frac{\Theta(z_l^{(k)})}{\sqrt{\sum_j \Theta(z_l^{(j)})^2}},
+
+   (the registered criterion ``"taylor_2017"``, called here with ``kinds=("conv",)`` and
+   ``normalize=True``).
+3. **Prune.** Remove the :math:`n` globally lowest-ranked filters physically
+   (:mod:`pruninglib.surgery`: the filter, the next conv's input channel, or the first
+   Linear's :math:`7\times 7` block of inputs after the last conv).
+4. **Fine-tune** all layers, and repeat 2-4 (Molchanov et al. 2017, Algorithm in Sec. 2).
+
+The helpers here keep the notebook short and are unit-tested (``tests/test_transfer.py``):
+
+* :func:`transfer_head`, :func:`cache_features`, :func:`train_head` -- a frozen backbone computes
+  the same features every epoch, so compute them once and train only the head on them;
+* :func:`rank_filters`, :func:`prune_lowest`, :func:`prune_finetune_loop` -- the iteration loop;
+* :func:`measure_model`, :func:`cpu_latency`, :func:`layer_times`, :func:`part_shares` -- where size and
+  time go;
+* :func:`predict`, :func:`plot_prediction_grid`, :func:`display_images` -- the photo grid.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from pruninglib.criteria import Scores, get_criterion, lowest_units, normalize_per_layer
+from pruninglib.gates import insert_gates, zero_units
+from pruninglib.graph import prunable_layers
+from pruninglib.metrics import LatencyResult, count_macs, count_parameters, measure_latency, size_on_disk
+from pruninglib.surgery import prune_units
+from pruninglib.train import fit, make_loader
+
+__all__ = [
+    "transfer_head", "cache_features", "train_head", "unfreeze", "finetune",
+    "conv_counts", "total_conv_filters", "rank_filters", "prune_lowest", "prune_finetune_loop",
+    "cpu_latency", "measure_model", "layer_times", "part_shares", "predict", "display_images",
+    "plot_prediction_grid",
+]
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+def _check_vgg_like(model: nn.Module) -> None:
+    missing = [a for a in ("features", "avgpool", "classifier") if not hasattr(model, a)]
+    if missing:
+        raise TypeError(
+            f"{type(model).__name__} has no {missing}: the transfer helpers expect a torchvision-VGG-like "
+            "model with .features (backbone), .avgpool and .classifier, e.g. "
+            "pruninglib.models.build_model('vgg16_transfer')")
+
+
+def transfer_head(model: nn.Module) -> nn.Sequential:
+    """The part of a VGG-like model after the backbone: ``avgpool -> flatten -> classifier``.
+
+    The returned ``nn.Sequential`` *shares* its modules with ``model``: training it trains
+    ``model.classifier``, and ``model(x) == transfer_head(model)(model.features(x))``.
+
+    Raises:
+        TypeError: if ``model`` lacks ``features``, ``avgpool`` or ``classifier``.
+    """
+    _check_vgg_like(model)
+    return nn.Sequential(model.avgpool, nn.Flatten(1), model.classifier)
+
+
+@torch.no_grad()
+def cache_features(model: nn.Module, dataset: Dataset, batch_size: int = 64,
+                   device: torch.device | None = None, progress: bool = False) -> TensorDataset:
+    """Run the frozen backbone ``model.features`` once over ``dataset`` and keep its outputs.
+
+    With a frozen backbone and no augmentation, every epoch would recompute exactly these
+    tensors; caching them turns ``E`` backbone passes into one (the head then trains on
+    ``(features, label)`` pairs in memory). Features are stored on the CPU, before the
+    adaptive average pool (``512 x s/32 x s/32`` for an ``s``-pixel input), which is
+    smaller than the 25,088 classifier inputs at ``s < 224``.
+
+    Args:
+        model: a VGG-like model (see :func:`transfer_head`).
+        dataset: yields ``(image tensor, label)``.
+        batch_size: images per forward pass.
+        device: where to run the backbone (default: the model's device).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``TensorDataset(features, labels)``.
+    """
+    _check_vgg_like(model)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in tqdm(loader, desc="caching features", leave=False, disable=not progress):
+        feats.append(model.features(x.to(device)).cpu())
+        labels.append(torch.as_tensor(y))
+    model.train(was_training)
+    if not feats:
+        raise ValueError("cache_features got an empty dataset; check the data subset sizes")
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+def train_head(model: nn.Module, features: TensorDataset, epochs: int, lr: float = 1e-4,
+               momentum: float = 0.9, batch_size: int = 32, seed: int = 0,
+               val_features: TensorDataset | None = None, progress: bool = True) -> list[dict]:
+    """Train ``model.classifier`` on cached backbone features (the transfer step).
+
+    Same optimiser as the blog post (SGD, lr 1e-4, momentum 0.9), applied to the
+    parameters of the classifier only. Dropout is active (the head is in train mode).
+
+    Args:
+        model: a VGG-like model; only ``model.classifier`` is updated.
+        features: from :func:`cache_features` on the training set.
+        epochs: passes over ``features``.
+        lr, momentum: SGD settings.
+        batch_size: minibatch size; the order is fixed by ``seed``.
+        val_features: cached test features, evaluated after every epoch.
+        progress: tqdm bars.
+
+    Returns:
+        The per-epoch history of :func:`pruninglib.train.fit`.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    head = transfer_head(model)
+    params = [p for p in model.classifier.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model.classifier has no trainable parameters; call unfreeze(model.classifier)")
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    loader = make_loader(features, batch_size, shuffle=True, seed=seed)
+    val = make_loader(val_features, 256) if val_features is not None else None
+    return fit(head, loader, epochs, optimizer=opt, val_loader=val, progress=progress)
+
+
+def unfreeze(model: nn.Module) -> nn.Module:
+    """Set ``requires_grad=True`` on every parameter (fine-tuning after pruning trains all layers)."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def finetune(model: nn.Module, dataset: Dataset, epochs: int = 1, lr: float = 1e-3,
+             momentum: float = 0.9, batch_size: int = 32, seed: int = 0,
+             progress: bool = True) -> list[dict]:
+    """Fine-tune *all* layers after a pruning step (blog post: SGD, lr 1e-3, momentum 0.9).
+
+    A new optimiser is made for every call: after surgery the parameter tensors are new.
+    """
+    unfreeze(model)
+    loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
+    return fit(model, loader, epochs, lr=lr, momentum=momentum, progress=progress)
+
+
+# ------------------------------------------------------------------------------ pruning
+
+
+def conv_counts(model: nn.Module) -> dict[str, int]:
+    """``{conv layer name: filters}`` for every prunable conv (the blog's bar chart)."""
+    return {pl.name: pl.num_units for pl in prunable_layers(model, ("conv",))}
+
+
+def total_conv_filters(model: nn.Module) -> int:
+    """Number of prunable conv filters (4,224 for VGG16: the 13 convs, the last one included)."""
+    return sum(conv_counts(model).values())
+
+
+def rank_filters(model: nn.Module, batches: Iterable, criterion: str = "taylor_2017",
+                 normalize: bool = True, freeze_weights: bool = True,
+                 loss_fn: Callable = F.cross_entropy) -> Scores:
+    r"""Score every conv filter with a registered criterion (default: Taylor, Molchanov 2017 Eq. 7-8).
+
+    Calls ``get_criterion(criterion)(model, batches, kinds=("conv",), normalize=normalize)``.
+    The Taylor criterion needs :math:`\partial C/\partial z` (activation gradients) only, not
+    weight gradients; with ``freeze_weights=True`` every parameter's ``requires_grad`` is
+    switched off for the call (and restored), so the backward pass skips the weight
+    gradients -- about a third of its cost -- and the ranking pass is cheaper than a training
+    pass. The scores are the same either way.
+
+    Args:
+        model: a chain model with conv layers.
+        batches: iterable of ``(x, y)``.
+        criterion: name in the registry (``"taylor_2017"``, ``"weight_l1"``, ...).
+        normalize: per-layer L2 normalisation (Eq. 8); needed to compare filters across layers.
+        freeze_weights: skip weight gradients during the ranking pass.
+        loss_fn: the cost :math:`C`.
+
+    Returns:
+        ``{conv layer name: scores}`` (higher = keep).
+    """
+    fn = get_criterion(criterion)
+    saved = {p: p.requires_grad for p in model.parameters()}
+    try:
+        if freeze_weights:
+            for p in saved:
+                p.requires_grad_(False)
+        scores = fn(model, batches, loss_fn=loss_fn, kinds=("conv",), normalize=normalize)
+    finally:
+        for p, rg in saved.items():
+            p.requires_grad_(rg)
+    if normalize:  # idempotent; for criteria (magnitude ones) that ignore ``normalize``
+        scores = normalize_per_layer(scores)
+    return scores
+
+
+def prune_lowest(model: nn.Module, scores: Scores, n: int, min_keep: int = 1) -> dict[str, list[int]]:
+    """Remove the ``n`` globally lowest-scored filters physically; return the plan used.
+
+    Args:
+        model: the model (pruned in place).
+        scores: from :func:`rank_filters` (one tensor per conv layer, current widths).
+        n: filters to remove (the blog post: 512 per iteration).
+        min_keep: never leave a layer with fewer filters.
+
+    Returns:
+        ``{layer name: removed indices}`` (indices of the layer before this step).
+
+    Raises:
+        ValueError: if the scores do not match the model's current widths, or ``n`` is too large.
+    """
+    counts = conv_counts(model)
+    for name, s in scores.items():
+        if name not in counts or len(s) != counts[name]:
+            raise ValueError(f"scores for {name!r} have {len(s)} entries but the model's layer has "
+                             f"{counts.get(name, 'no')} filters; re-rank after every pruning step")
+    units = lowest_units(scores, n, min_keep=min_keep)
+    prune_units(model, units)
+    plan: dict[str, list[int]] = {}
+    for name, i in units:
+        plan.setdefault(name, []).append(i)
+    return {k: sorted(v) for k, v in plan.items()}
+
+
+def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], filters_per_iteration: int,
+                        iterations: int, finetune_fn: Callable[[nn.Module, int], Any] | None = None,
+                        final_finetune_fn: Callable[[nn.Module], Any] | None = None,
+                        evaluate_fn: Callable[[nn.Module], Mapping[str, Any]] | None = None,
+                        measure_fn: Callable[[nn.Module], Mapping[str, Any]] | None = None,
+                        criterion: str = "taylor_2017", on_stage: Callable[[dict, nn.Module], None] | None = None,
+                        on_rank: Callable[[int, Scores], None] | None = None,
+                        check_batch: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
+    """Iterative pruning as in Molchanov et al. 2017 (Sec. 2) and Gildenblat's blog post.
+
+    For ``iterations`` rounds: rank all conv filters (:func:`rank_filters`), remove the
+    ``filters_per_iteration`` lowest (:func:`prune_lowest`), fine-tune (``finetune_fn``);
+    finally ``final_finetune_fn`` (the blog post's 15 extra epochs). Stage 0 is the
+    unpruned model. Every stage is evaluated and measured with the given callbacks.
+
+    Args:
+        model: pruned in place.
+        rank_batches: returns a fresh iterable of ``(x, y)`` for each ranking pass.
+        filters_per_iteration: filters removed per round (512 in the blog post).
+        iterations: rounds (5 in the blog post: 2,560 of 4,224 filters).
+        finetune_fn: ``finetune_fn(model, iteration)`` after each removal (``None``: no fine-tuning).
+        final_finetune_fn: ``final_finetune_fn(model)`` after the last round (a stage ``"final"``).
+        evaluate_fn: returns e.g. ``{"accuracy": ...}``; merged into each stage's record.
+        measure_fn: returns e.g. :func:`measure_model`'s dict; merged likewise.
+        criterion: the ranking criterion's registry name.
+        on_stage: called with ``(record, model)`` after each stage (for snapshots, logging).
+        on_rank: called with ``(iteration, scores)`` after each ranking pass.
+        check_batch: if given, every surgery is checked against the gated model with the
+            removed filters' gates at zero on this batch (eval mode); the max abs difference
+            of the logits is stored as ``surgery_max_diff`` (costs one model copy per round).
+        progress: tqdm bar over the rounds.
+
+    Returns:
+        One dict per stage: ``stage`` (``"unpruned"``, ``"iter 1"``, ..., ``"final"``),
+        ``iteration``, ``removed_total``, ``removed_now``, ``plan_sizes``, ``counts``, ``filters``,
+        timings ``rank_s`` / ``finetune_s`` (wall seconds), ``surgery_max_diff`` (with
+        ``check_batch``), plus the callbacks' keys.
+
+    Raises:
+        ValueError: for a schedule that removes too many filters or non-positive settings.
+    """
+    if filters_per_iteration <= 0 or iterations < 0:
+        raise ValueError(f"need filters_per_iteration > 0 and iterations >= 0, got "
+                         f"{filters_per_iteration} and {iterations}")
+    start = total_conv_filters(model)
+    n_layers = len(conv_counts(model))
+    if filters_per_iteration * iterations > start - n_layers:
+        raise ValueError(f"{iterations} x {filters_per_iteration} filters is more than the {start - n_layers} "
+                         f"that can go from {start} (one must stay per layer); lower the schedule")
+    records: list[dict] = []
+
+    def stage(name: str, it: int, removed_now: int, plan: Mapping[str, Sequence[int]],
+              rank_s: float, ft_s: float) -> None:
+        counts = conv_counts(model)
+        rec: dict[str, Any] = {"stage": name, "iteration": it, "removed_now": removed_now,
+                               "removed_total": start - sum(counts.values()),
+                               "plan_sizes": {k: len(v) for k, v in plan.items()},
+                               "counts": counts, "filters": sum(counts.values()),
+                               "rank_s": rank_s, "finetune_s": ft_s}
+        if evaluate_fn is not None:
+            rec.update(evaluate_fn(model))
+        if measure_fn is not None:
+            rec.update(measure_fn(model))
+        records.append(rec)
+        if on_stage is not None:
+            on_stage(rec, model)
+
+    stage("unpruned", 0, 0, {}, 0.0, 0.0)
+    for it in tqdm(range(1, iterations + 1), desc="prune iterations", disable=not progress):
+        t0 = time.perf_counter()
+        scores = rank_filters(model, rank_batches(), criterion=criterion)
+        if on_rank is not None:
+            on_rank(it, scores)
+        gated = None
+        if check_batch is not None:
+            gated = copy.deepcopy(model)
+            insert_gates(gated, kinds=("conv",))
+        plan = prune_lowest(model, scores, filters_per_iteration)
+        diff = None
+        if gated is not None:
+            zero_units(gated, [(n, i) for n, idx in plan.items() for i in idx])
+            diff = _max_diff(gated, model, check_batch)
+            del gated
+        t1 = time.perf_counter()
+        if finetune_fn is not None:
+            finetune_fn(model, it)
+        t2 = time.perf_counter()
+        stage(f"iter {it}", it, filters_per_iteration, plan, t1 - t0, t2 - t1)
+        if diff is not None:
+            records[-1]["surgery_max_diff"] = diff
+    if final_finetune_fn is not None:
+        t1 = time.perf_counter()
+        final_finetune_fn(model)
+        stage("final", iterations, 0, {}, 0.0, time.perf_counter() - t1)
+    return records
+
+
+@torch.no_grad()
+def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    modes = a.training, b.training
+    a.eval()
+    b.eval()
+    dev = next(b.parameters()).device
+    diff = (a(x.to(dev)) - b(x.to(dev))).abs().max().item()
+    a.train(modes[0])
+    b.train(modes[1])
+    return diff
+
+
+# ------------------------------------------------------------------------- measurement
+
+
+def _on(model: nn.Module, device: torch.device) -> nn.Module:
+    p = next(model.parameters())
+    return model if p.device == device else copy.deepcopy(model).to(device)
+
+
+def cpu_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, repeats: int = 10,
+                threads: int | None = 1) -> LatencyResult:
+    """Like :func:`pruninglib.metrics.measure_latency`, but timed by the thread's CPU time.
+
+    Runs on one CPU thread (``threads`` other than 1 is refused: the CPU time of helper
+    threads would not be counted), so ``time.thread_time`` around ``model(example)`` is the
+    work one core does -- the latency on an otherwise idle core. Other processes on a shared
+    machine inflate wall-clock times, not this.
+
+    Raises:
+        ValueError: for a non-CPU input or ``threads`` other than 1/None.
+    """
+    if example.device.type != "cpu":
+        raise ValueError(f"cpu_latency times CPU inputs only, got {example.device}; use metrics.measure_latency")
+    if threads not in (None, 1):
+        raise ValueError(f"cpu_latency runs on one thread; got threads={threads} (use clock='wall' for more)")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(example)
+            for _ in range(repeats):
+                t0 = time.thread_time()
+                model(example)
+                times.append(time.thread_time() - t0)
+    finally:
+        torch.set_num_threads(old)
+        model.train(was_training)
+    return LatencyResult(statistics.median(times), min(times), max(times), repeats, int(example.shape[0]), 1,
+                         "cpu (thread CPU time)")
+
+
+def measure_model(model: nn.Module, size: int = 224, batch: int = 32, throughput_size: int | None = None,
+                  devices: Sequence[str | torch.device] = ("cpu",), repeats: int = 10, warmup: int = 2,
+                  with_size: bool = True, stat: str = "median", threads: int | None = None,
+                  clock: str = "wall") -> dict[str, float]:
+    """Parameters, MACs, size on disk, batch-1 latency and batch throughput, per device.
+
+    Args:
+        model: the model (not changed; copied to another device when needed).
+        size: input side for MACs and batch-1 latency (224 to compare with published numbers).
+        batch: batch size for the throughput measurement.
+        throughput_size: input side for throughput (default ``size``).
+        devices: where to time (``"cpu"``, ``"cuda"``); keys get the device type as suffix.
+        repeats, warmup: see :func:`pruninglib.metrics.measure_latency` (the median is kept).
+        with_size: serialise the state dict to count bytes (costs ~1 s for VGG16).
+        stat: ``"median"`` (the usual number to quote) or ``"min"`` (the fastest repeat: the
+            least disturbed by other processes on a shared machine, as ``timeit`` advises).
+        threads: CPU threads for the timing (``None``: torch's current setting). On a busy
+            machine one thread gives far steadier times: threads of one op wait for each other.
+        clock: ``"wall"`` (:func:`pruninglib.metrics.measure_latency`) or ``"cpu"``: on the CPU,
+            with one thread, the *thread's CPU time* per forward pass (``time.thread_time``) --
+            what an otherwise idle core would take; other processes on a shared machine do not
+            inflate it. GPUs are always timed by the wall clock.
+
+    Returns:
+        ``params``, ``macs`` (per image at ``size``), ``size_mb`` and, for each device ``d``,
+        ``latency_ms_d`` (batch 1) and ``throughput_d`` (images per second).
+    """
+    if size <= 0 or batch <= 0 or repeats <= 0:
+        raise ValueError(f"size, batch and repeats must be positive, got {size}, {batch}, {repeats}")
+    if stat not in ("median", "min"):
+        raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    pick = (lambda r: r.median_s) if stat == "median" else (lambda r: r.min_s)
+    ts = throughput_size or size
+    out: dict[str, float] = {"params": count_parameters(model),
+                             "macs": count_macs(model, (1, 3, size, size))}
+    if with_size:
+        out["size_mb"] = size_on_disk(model) / 1e6
+    for d in devices:
+        dev = torch.device(d)
+        m = _on(model, dev)
+        th = threads if dev.type == "cpu" else None
+        timer = cpu_latency if (clock == "cpu" and dev.type == "cpu") else measure_latency
+        lat = timer(m, torch.randn(1, 3, size, size, device=dev), warmup=warmup, repeats=repeats, threads=th)
+        thr = timer(m, torch.randn(batch, 3, ts, ts, device=dev), warmup=1, repeats=max(1, repeats // 2),
+                    threads=th)
+        out[f"latency_ms_{dev.type}"] = pick(lat) * 1e3
+        out[f"throughput_{dev.type}"] = batch / pick(thr)
+    return out
+
+
+@torch.no_grad()
+def layer_times(model: nn.Module, example: torch.Tensor, repeats: int = 5, warmup: int = 1,
+                stat: str = "median", threads: int | None = None, clock: str = "wall") -> dict[str, float]:
+    """Median (or min) forward time (seconds) of every leaf module, measured with forward hooks.
+
+    A pre-hook and a hook around each leaf (conv, ReLU, pool, Linear, ...) read
+    ``time.perf_counter`` (CUDA is synchronised); the median over ``repeats`` passes is kept.
+    The sum is close to, and slightly above, the plain latency (hook overhead).
+
+    Args:
+        model: the model (eval mode during the measurement).
+        example: one input batch.
+        repeats, warmup: timed and untimed passes.
+        stat: ``"median"`` or ``"min"`` over the repeats, per layer.
+        threads: CPU threads for the measurement (``None``: unchanged).
+        clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.thread_time`` with one
+            thread; CPU only), see :func:`measure_model`.
+
+    Returns:
+        ``{leaf module name: seconds}`` in forward order.
+    """
+    if repeats <= 0:
+        raise ValueError(f"repeats must be positive, got {repeats}")
+    if stat not in ("median", "min"):
+        raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
+    reduce = statistics.median if stat == "median" else min
+    cuda = example.device.type == "cuda"
+    if clock not in ("wall", "cpu") or (clock == "cpu" and cuda):
+        raise ValueError(f"clock must be 'wall', or 'cpu' for a CPU input; got {clock!r} on {example.device}")
+    if clock == "cpu":
+        threads = 1
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    runs: dict[str, list[float]] = {n: [] for n, _ in leaves}
+    start: dict[str, float] = {}
+    handles = []
+
+    def pre(name: str):
+        def h(m: nn.Module, i: tuple) -> None:
+            sync()
+            start[name] = now()
+        return h
+
+    def post(name: str):
+        def h(m: nn.Module, i: tuple, o: Any) -> None:
+            sync()
+            runs[name].append(now() - start[name])
+        return h
+
+    was_training = model.training
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    model.eval()
+    try:
+        for _ in range(warmup):
+            model(example)
+        for n, m in leaves:
+            handles.append(m.register_forward_pre_hook(pre(n)))
+            handles.append(m.register_forward_hook(post(n)))
+        for _ in range(repeats):
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+        torch.set_num_threads(old_threads)
+    return {n: reduce(v) for n, v in runs.items() if v}
+
+
+def part_shares(model: nn.Module, size: int = 224, times: Mapping[str, float] | None = None) -> dict[str, dict]:
+    """Parameters, MACs and (optionally) time of each top-level part (``features``, ``classifier``, ...).
+
+    Shows why the FC layers of VGG16 hold ~89% of the parameters but ~1% of the MACs.
+
+    Args:
+        model: the model.
+        size: input side for the MAC count.
+        times: :func:`layer_times` output (seconds per leaf), to add a ``time_s`` column.
+
+    Returns:
+        ``{part: {"params", "macs", "time_s"?, "params_share", "macs_share", "time_share"?}}``.
+    """
+    macs: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str):
+        def h(m: nn.Module, i: tuple, o: torch.Tensor) -> None:
+            if isinstance(m, nn.Conv2d):  # same convention as pruninglib.metrics.count_macs
+                kh, kw = m.kernel_size
+                n = o.shape[2] * o.shape[3] * m.out_channels * (m.in_channels // m.groups) * kh * kw
+            else:
+                n = (o.numel() // o.shape[0] // m.out_features) * m.in_features * m.out_features
+            macs[name] = macs.get(name, 0) + int(n)
+        return h
+
+    parts = dict(model.named_children())
+    out: dict[str, dict] = {}
+    for part, mod in parts.items():
+        out[part] = {"params": count_parameters(mod), "macs": 0}
+        for n, m in mod.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                handles.append(m.register_forward_hook(hook(part)))
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for part in out:
+        out[part]["macs"] = macs.get(part, 0)
+        if times is not None:
+            out[part]["time_s"] = sum(t for n, t in times.items() if n == part or n.startswith(part + "."))
+    for key in ("params", "macs", "time_s"):
+        total = sum(v.get(key, 0) for v in out.values())
+        if key in next(iter(out.values())) and total:
+            for v in out.values():
+                v[key.replace("_s", "") + "_share"] = v[key] / total
+    return out
+
+
+# ------------------------------------------------------------------------------ photos
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Class predictions (argmax) of ``model`` for a batch of images, in eval mode, on the CPU."""
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def display_images(x: torch.Tensor, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                   std: Sequence[float] = (0.229, 0.224, 0.225)) -> torch.Tensor:
+    """Undo the ImageNet normalisation: ``(N, 3, H, W)`` -> ``(N, H, W, 3)`` in ``[0, 1]`` for imshow."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a batch of RGB images (N, 3, H, W), got shape {tuple(x.shape)}")
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x.cpu() * s + m).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def plot_prediction_grid(images: torch.Tensor, labels: Sequence[int], before: Sequence[int],
+                         after: Sequence[int], classes: Sequence[str] = ("cat", "dog"),
+                         ncols: int = 5, title: str = ""):
+    """A grid of photos titled with the true class and the predictions before/after pruning.
+
+    Args:
+        images: ``(N, H, W, 3)`` in ``[0, 1]`` (see :func:`display_images`).
+        labels, before, after: true class and the two predictions per photo.
+        classes: class names.
+        ncols: photos per row.
+        title: figure title.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    if not (len(labels) == len(before) == len(after) == n):
+        raise ValueError(f"got {n} images but {len(labels)} labels, {len(before)} and {len(after)} predictions")
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.5 * nrows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(images[k])
+        y, b, a = int(labels[k]), int(before[k]), int(after[k])
+        mark = lambda p: "ok" if p == y else "WRONG"  # noqa: E731
+        ax.set_title(f"true: {classes[y]}\nbefore: {classes[b]} ({mark(b)})\nafter: {classes[a]} ({mark(a)})",
+                     fontsize=8, color="black" if a == y else "tab:red")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
