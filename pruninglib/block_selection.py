@@ -1,0 +1,172 @@
+r"""Sparse Structure Selection (Huang and Wang 2018, ECCV): learn which residual blocks to drop.
+
+Every residual block gets a scalar scaling factor :math:`\lambda_i` on its residual branch,
+
+.. math:: r^{i+1} = \sigma\big(\lambda_i \, \mathcal{F}(r^i, W^i) + \mathcal{S}(r^i)\big),
+
+and training minimises the loss plus a sparsity penalty on the factors (Sec. 3.2),
+
+.. math:: \min_{W, \lambda} \frac{1}{N} \sum_{n} \mathcal{L}\big(y_n, \mathcal{C}(x_n, W, \lambda)\big)
+          + \mathcal{R}(W) + \gamma \|\lambda\|_1 .
+
+The factors are updated by Accelerated Proximal Gradient (Sec. 3.3), written as a modified
+Nesterov step so that the gradient is taken at the stored point:
+
+.. math::
+    z_t &= \lambda_{t-1} - \eta_t \nabla \mathcal{G}(\lambda_{t-1}) \\
+    v_t &= S_{\eta_t \gamma}(z_t) - \lambda_{t-1} + \mu_{t-1} v_{t-1} \\
+    \lambda_t &= S_{\eta_t \gamma}(z_t) + \mu_t v_t
+
+with the soft-threshold :math:`S_\alpha(z) = \mathrm{sign}(z)\max(|z| - \alpha, 0)`. A factor
+that reaches exactly zero silences its block; since the input of a block is non-negative
+(it comes out of a ReLU) and the parameter-free option-A shortcut keeps it so, such a block
+computes :math:`\sigma(\mathcal{S}(r^i)) = \mathcal{S}(r^i)` and is replaced by its shortcut
+*exactly* (:func:`drop_blocks`).
+
+Works with :class:`~pruninglib.models.CifarResNet` (any module with ``blocks()`` returning
+``BasicBlock``-like modules that have ``bn2`` and ``shortcut``).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from torch.optim.optimizer import Optimizer
+
+__all__ = ["add_block_scales", "block_scales", "scale_parameters", "soft_threshold", "APG",
+           "drop_blocks", "fold_block_scales", "DroppedBlock", "l1_of_scales"]
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    if not hasattr(model, "blocks"):
+        raise TypeError(f"{type(model).__name__} has no blocks() method; Sparse Structure Selection needs a "
+                        "residual network such as pruninglib.models.CifarResNet")
+    return list(model.blocks())
+
+
+def _scale_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output * module.sss_scale
+
+
+def add_block_scales(model: nn.Module, init: float = 1.0) -> dict[str, nn.Parameter]:
+    r"""Put a scaling factor :math:`\lambda_i` (a parameter ``<block>.bn2.sss_scale``) on every
+    block's residual branch, applied by a forward hook on the block's last BatchNorm.
+
+    Returns:
+        ``{block name: its factor}`` in forward order.
+    """
+    out = {}
+    for name, block in _blocks(model):
+        bn = block.bn2
+        if not hasattr(bn, "sss_scale"):
+            p = bn.weight
+            bn.sss_scale = nn.Parameter(torch.full((), float(init), device=p.device, dtype=p.dtype))
+            bn.sss_handle = bn.register_forward_hook(_scale_hook)
+        out[name] = bn.sss_scale
+    return out
+
+
+def block_scales(model: nn.Module) -> dict[str, float]:
+    """``{block name: current factor}`` for every block that has one."""
+    return {n: float(b.bn2.sss_scale.detach()) for n, b in _blocks(model) if hasattr(b.bn2, "sss_scale")}
+
+
+def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The factors as a list (give them to :class:`APG`, and the other parameters to SGD)."""
+    return [b.bn2.sss_scale for _, b in _blocks(model) if hasattr(b.bn2, "sss_scale")]
+
+
+def l1_of_scales(model: nn.Module) -> torch.Tensor:
+    r""":math:`\|\lambda\|_1` (to log, or to add as a plain subgradient penalty)."""
+    return sum((p.abs() for p in scale_parameters(model)), torch.zeros(()))
+
+
+def soft_threshold(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    r""":math:`S_\alpha(z) = \mathrm{sign}(z)\max(|z| - \alpha, 0)`, the proximal operator of :math:`\alpha\|\cdot\|_1`."""
+    return torch.sign(z) * torch.clamp(z.abs() - alpha, min=0.0)
+
+
+class APG(Optimizer):
+    r"""Accelerated Proximal Gradient for :math:`\gamma\|\lambda\|_1`, Huang and Wang 2018, Sec. 3.3.
+
+    One :meth:`step` applies the three updates of the module docstring to every parameter
+    (with :math:`\mu` constant). Factors that reach zero stay at zero unless the gradient
+    pushes them back beyond the threshold.
+
+    Args:
+        params: the scaling factors.
+        lr: :math:`\eta`.
+        gamma: the sparsity weight :math:`\gamma`.
+        momentum: :math:`\mu`.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.1, gamma: float = 0.01,
+                 momentum: float = 0.9) -> None:
+        if lr <= 0 or gamma < 0 or not 0 <= momentum < 1:
+            raise ValueError(f"need lr > 0, gamma >= 0 and 0 <= momentum < 1; got lr={lr}, gamma={gamma}, "
+                             f"momentum={momentum}")
+        super().__init__(params, dict(lr=lr, gamma=gamma, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, gamma, mu = group["lr"], group["gamma"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                z = p - lr * p.grad                       # z_t
+                s = soft_threshold(z, lr * gamma)         # S_{eta gamma}(z_t)
+                state = self.state[p]
+                v = state.get("v")
+                v = s - p if v is None else s - p + mu * v  # v_t
+                state["v"] = v
+                p.copy_(s + mu * v)                       # lambda_t
+        return loss
+
+
+class DroppedBlock(nn.Module):
+    """What remains of a block whose factor is zero: its (parameter-free) shortcut."""
+
+    def __init__(self, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x)
+
+
+def drop_blocks(model: nn.Module, threshold: float = 0.0) -> list[str]:
+    r"""Replace every block with :math:`|\lambda_i| \le` ``threshold`` by its shortcut, in place.
+
+    With ``threshold=0`` only blocks whose factor is exactly zero go, and the network's
+    output does not change. A shortcut with parameters (a 1x1 conv) is kept as it is.
+
+    Returns:
+        Names of the dropped blocks.
+    """
+    named = dict(model.named_modules())
+    dropped = []
+    for name, block in _blocks(model):
+        if not hasattr(block.bn2, "sss_scale") or abs(float(block.bn2.sss_scale.detach())) > threshold:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = named[parent_name] if parent_name else model
+        setattr(parent, child, DroppedBlock(block.shortcut))
+        dropped.append(name)
+    return dropped
+
+
+def fold_block_scales(model: nn.Module) -> None:
+    r"""Multiply each remaining factor into its block's ``bn2`` (weight and bias) and remove it,
+    leaving a plain network that computes the same function."""
+    for _, block in _blocks(model):
+        bn = block.bn2
+        if hasattr(bn, "sss_scale"):
+            with torch.no_grad():
+                s = bn.sss_scale.detach()
+                bn.weight.mul_(s)
+                bn.bias.mul_(s)
+            bn.sss_handle.remove()
+            del bn.sss_scale, bn.sss_handle
