@@ -325,11 +325,13 @@ def exact_hessian(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch
             x, y = _cast(x, dtype, device), y.to(device)
             fb = lambda t: f(t, x, y)  # noqa: E731
             Hb = hessian(fb)(flat) if chunk_size is None else jacrev(jacrev(fb), chunk_size=chunk_size)(flat)
-            H += Hb.detach() * len(y)
+            H.add_(Hb.detach(), alpha=len(y))
+            del Hb
             n += len(y)
     H /= n
-    H = 0.5 * (H + H.T)  # exact in exact arithmetic; removes rounding asymmetry
-    return add_damping(H, damping)
+    _symmetrize_(H)  # exact in exact arithmetic; removes rounding asymmetry
+    H.diagonal().add_(damping)
+    return H
 
 
 def gauss_newton(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Tensor],
@@ -368,8 +370,22 @@ def gauss_newton(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.
                 G += J.reshape(-1, spec.numel).T @ LJ.reshape(-1, spec.numel)
             n += len(y)
     G /= n
-    G = 0.5 * (G + G.T)
-    return add_damping(G, damping)
+    _symmetrize_(G)
+    G.diagonal().add_(damping)
+    return G
+
+
+def _symmetrize_(M: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """``M <- (M + M^T) / 2`` in place, block by block (no second ``P x P`` matrix in memory)."""
+    p = M.shape[0]
+    for i in range(0, p, block):
+        for j in range(i, p, block):
+            a = M[i:i + block, j:j + block]
+            b = M[j:j + block, i:i + block]
+            mean = 0.5 * (a + b.T)
+            a.copy_(mean)
+            b.copy_(mean.T)
+    return M
 
 
 def add_damping(M: torch.Tensor, damping: float) -> torch.Tensor:

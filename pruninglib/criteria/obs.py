@@ -59,13 +59,18 @@ def inverse_hessian(H: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
     """
     if H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"H must be a square matrix, got shape {tuple(H.shape)}")
-    M = H + damping * torch.eye(H.shape[0], dtype=H.dtype, device=H.device) if damping else H
+    if damping:
+        M = H.clone()
+        M.diagonal().add_(damping)
+    else:
+        M = H
     L, info = torch.linalg.cholesky_ex(M)
     if int(info) != 0:
         lam = float(torch.linalg.eigvalsh(M)[0])
         raise ValueError(f"H + {damping} I is not positive definite (smallest eigenvalue {lam:.3g}); "
                          f"OBS needs a minimum: pass damping > {max(-lam, 0) + float(damping):.3g} "
                          "or train closer to a minimum")
+    del M
     return torch.cholesky_inverse(L)
 
 
