@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from pruninglib.criteria.base import check_ratio
 from pruninglib.graph import prunable_layers
 from pruninglib.surgery import prune_channels
 
@@ -89,21 +90,11 @@ def bn_scales(model: nn.Module) -> dict[str, torch.Tensor]:
             for pl in prunable_layers(model, ("conv",)) if pl.norm is not None}
 
 
-def _check_ratio(ratio: float) -> float:
-    try:
-        r = float(ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}") from None
-    if not 0.0 <= r < 1.0:
-        hint = f" (did you mean {r / 100:g}?)" if 1.0 < r <= 100.0 else ""
-        raise ValueError(f"ratio is the fraction of channels to remove, in [0, 1); got {ratio!r}{hint}")
-    return r
-
 
 def threshold_from_scales(scales: Mapping[str, torch.Tensor], ratio: float) -> float:
     """The global threshold on :math:`|\\gamma|` for ``ratio``, from ``{layer: |gamma|}`` (see
     :func:`slimming_threshold`)."""
-    r = _check_ratio(ratio)
+    r = check_ratio(ratio)
     allg = torch.cat([torch.as_tensor(v, dtype=torch.float32).flatten() for v in scales.values()]) \
         if scales else torch.empty(0)
     if allg.numel() == 0:

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
+from pruninglib.criteria.base import check_ratio
+
 __all__ = ["prunable_weights", "magnitude_prune", "get_masks", "apply_masks", "remove_masks",
            "sparsity", "sparse_macs", "is_masked"]
 
@@ -51,13 +53,7 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "global",
         ``model``, with ``weight_orig``/``weight_mask`` on each pruned module. Pruning an
         already-masked model prunes further (masks compose), as in iterative pruning.
     """
-    try:
-        a = float(amount)
-    except (TypeError, ValueError):
-        raise ValueError(f"amount must be a number in [0, 1), got {amount!r}") from None
-    if not 0.0 <= a < 1.0:
-        hint = f" (did you mean {a / 100:g}?)" if 1.0 < a <= 100.0 else ""
-        raise ValueError(f"amount is the fraction of weights to remove, in [0, 1); got {amount!r}{hint}")
+    a = check_ratio(amount, "amount")
     mods = prunable_weights(model, kinds)
     if not mods:
         raise ValueError(f"no {[k.__name__ for k in kinds]} modules with weights to prune")
