@@ -281,7 +281,7 @@ def greedy_prune(model: nn.Module, batches: Sequence,
                  step: int = 1, max_loss_increase: float = 1.0, loss_fn: Callable = F.cross_entropy,
                  max_units: int | None = None, min_keep: int = 1, rescore: bool = True,
                  stop_at_threshold: bool = True, progress: bool = False,
-                 desc: str = "greedy") -> GreedyResult:
+                 desc: str = "greedy", score_batches: Sequence | None = None) -> GreedyResult:
     r"""Greedy pruning without fine-tuning (Molchanov et al. 2019, Sec. 4.1, LeNet3 on MNIST).
 
     On a gated copy of ``model``: score the units with ``score_fn(model, batches, alive)`` (lower =
@@ -289,6 +289,10 @@ def greedy_prune(model: nn.Module, batches: Sequence,
     criterion can skip the others), zero the ``step`` lowest, measure the loss on ``batches``, repeat (re-scoring
     every step unless ``rescore=False``). ``count`` is the number of units removed before the
     loss first exceeds the unpruned loss by more than ``max_loss_increase``.
+
+    The loss is always measured on ``batches``; ``score_batches`` lets the criteria score on a
+    smaller fixed subset (e.g. the loss on the whole training set, the oracle on 5,000 images of it),
+    which is what makes the experiment affordable on a CPU at full data size.
 
     Args:
         model: the trained network (not modified).
@@ -300,6 +304,9 @@ def greedy_prune(model: nn.Module, batches: Sequence,
         max_units: stop after this many (default: all but ``min_keep`` per layer).
         rescore: re-score after every step (False: rank once).
         stop_at_threshold: stop as soon as the threshold is crossed.
+        progress: show a tqdm bar over the units removed.
+        desc: the bar's label.
+        score_batches: the data ``score_fn`` sees (default: ``batches``).
     """
     from pruninglib.criteria.oracle import evaluate_loss
 
@@ -319,7 +326,7 @@ def greedy_prune(model: nn.Module, batches: Sequence,
     crossed = False
     while len(res.order) < cap:
         if scores is None or rescore:
-            scores = score_fn(m, batches, alive)
+            scores = score_fn(m, batches if score_batches is None else score_batches, alive)
         units = select_lowest(scores, alive, min(step, cap - len(res.order)), min_keep)
         if not units:
             break

@@ -144,3 +144,28 @@ def test_greedy_count_and_threshold():
     assert res.count == res.units_removed[-2] and res.units_removed[-1] == res.count + 2
     with pytest.raises(ValueError, match="step"):
         greedy_prune(model, batches, greedy_scorer("weight_l2"), step=0)
+
+
+def test_greedy_scores_on_score_batches_but_measures_loss_on_batches():
+    model, batches = _tiny()
+    model.eval()
+    score_set, loss_set = batches[:1], batches[1:]
+    assert loss_set, "the fixture must give at least two batches"
+    seen = []
+
+    def spy(m, data, alive):
+        seen.append(data)
+        return greedy_scorer("oracle")(m, data, alive)
+
+    res = greedy_prune(model, loss_set, spy, step=1, max_loss_increase=100.0, max_units=2,
+                       score_batches=score_set)
+    assert seen and all(d is score_set for d in seen)
+    m = copy.deepcopy(model)
+    insert_gates(m)
+    assert res.losses[0] == pytest.approx(evaluate_loss(m, loss_set), abs=1e-6)
+    # the first removal is the oracle's best on the scoring subset, not necessarily on the loss set
+    d = oracle_loss_change(m, score_set)
+    best = min(((k, int(v.argmin())) for k, v in d.items()), key=lambda u: float(d[u[0]][u[1]]))
+    assert res.order[0] == best
+    zero_units(m, res.order)
+    assert res.losses[-1] == pytest.approx(evaluate_loss(m, loss_set), abs=1e-6)
