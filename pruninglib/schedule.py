@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pruninglib.criteria.base import Scores
+from pruninglib.criteria.base import Scores, lowest_units
 from pruninglib.gates import get_gates, insert_gates, set_units
 from pruninglib.graph import prunable_layers
 
@@ -126,19 +126,11 @@ def scaled_per_step(num_units: int, reference_units: int = 100, reference_total:
 
 def select_lowest(scores: Scores, alive: dict[str, torch.Tensor], n: int, min_keep: int = 1) -> list[Unit]:
     """The ``n`` alive units with the lowest scores, never leaving a layer with fewer than
-    ``min_keep`` alive units (ties broken by layer order, then index)."""
-    left = {k: int(v.sum()) for k, v in alive.items()}
-    flat = [(float(s), li, i, name) for li, (name, v) in enumerate(scores.items())
-            for i, s in enumerate(v.detach().cpu().tolist()) if bool(alive[name][i])]
-    flat.sort()
-    out: list[Unit] = []
-    for _, _, i, name in flat:
-        if len(out) == n:
-            break
-        if left[name] > min_keep:
-            out.append((name, i))
-            left[name] -= 1
-    return out
+    ``min_keep`` alive units (ties broken by layer order, then index). Unlike
+    :func:`~pruninglib.criteria.base.lowest_units` it returns fewer units, not an error, when
+    fewer than ``n`` can go (a schedule simply stops there)."""
+    removable = sum(max(0, int(alive[k].sum()) - min_keep) for k in scores)
+    return lowest_units(scores, min(n, removable), min_keep, alive=alive)
 
 
 def non_gate_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -44,3 +44,12 @@ def test_magnitude_criteria_values():
     with pytest.raises(KeyError, match="weight_l1"):
         get_criterion("nope")
     assert {"weight_l1", "weight_l2", "bn_scale", "random", "taylor_2017"} <= set(list_criteria())
+
+
+def test_lowest_units_with_alive_mask_skips_removed_units_and_keeps_min_keep():
+    scores = {"a": torch.tensor([0.1, 0.2, 0.3]), "b": torch.tensor([0.05, 0.5])}
+    alive = {"a": torch.tensor([False, True, True]), "b": torch.tensor([True, True])}
+    # a[0] is already gone: it is never picked, and layer a has only 2 left, so with min_keep=1 one can go
+    assert lowest_units(scores, 2, min_keep=1, alive=alive) == [("b", 0), ("a", 1)]
+    with pytest.raises(ValueError, match="only 2 can go"):
+        lowest_units(scores, 3, min_keep=1, alive=alive)

@@ -1,7 +1,7 @@
 """The criterion interface: scores per unit, a registry by name, normalisation, ranking."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -42,23 +42,31 @@ def normalize_per_layer(scores: Scores, eps: float = 1e-12) -> Scores:
     return {k: v / (v.pow(2).sum().sqrt() + eps) for k, v in scores.items()}
 
 
-def lowest_units(scores: Scores, n: int, min_keep: int = 1) -> list[tuple[str, int]]:
+def lowest_units(scores: Scores, n: int, min_keep: int = 1,
+                 alive: Mapping[str, torch.Tensor] | None = None) -> list[tuple[str, int]]:
     """The ``n`` globally least important units, never leaving a layer with fewer than
     ``min_keep`` units (ties broken by layer order, then index).
+
+    Args:
+        scores: importance per layer (lower = remove first).
+        n: how many units to pick.
+        min_keep: units every layer keeps.
+        alive: optional bool mask per layer of the units still in (units already removed are
+            neither picked nor counted toward ``min_keep``); default: all units are in.
 
     Raises:
         ValueError: if ``n`` is negative or more units are asked for than can go.
     """
     if n < 0:
         raise ValueError(f"number of units to remove must be >= 0, got {n}")
-    removable = sum(max(0, len(v) - min_keep) for v in scores.values())
+    left = {name: (int(alive[name].sum()) if alive is not None else len(v)) for name, v in scores.items()}
+    removable = sum(max(0, c - min_keep) for c in left.values())
     if n > removable:
         raise ValueError(f"asked to remove {n} units but only {removable} can go while keeping "
                          f"{min_keep} per layer; lower the pruning amount")
     flat = [(float(s), li, i, name) for li, (name, v) in enumerate(scores.items())
-            for i, s in enumerate(v.detach().cpu().tolist())]
+            for i, s in enumerate(v.detach().cpu().tolist()) if alive is None or bool(alive[name][i])]
     flat.sort()
-    left = {name: len(v) for name, v in scores.items()}
     out: list[tuple[str, int]] = []
     for _, _, i, name in flat:
         if len(out) == n:
