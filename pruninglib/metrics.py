@@ -19,7 +19,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224),
-               example: torch.Tensor | None = None) -> int:
+               example: torch.Tensor | None = None, nonzero_only: bool = False) -> int:
     """Multiply-accumulates of one forward pass for ONE sample, counting Conv2d and Linear.
 
     A conv contributes ``H_out * W_out * C_out * (C_in / groups) * k_h * k_w``; a Linear
@@ -30,17 +30,22 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224),
         model: the model.
         input_size: shape of the example input (batch first) when ``example`` is None.
         example: an example input.
+        nonzero_only: count only the non-zero weights (the MACs a sparse kernel that skips zeros
+            would do; :func:`pruninglib.unstructured.sparse_macs`).
     """
     total = 0
 
+    def weights(m: nn.Module) -> int:
+        # a conv's weight holds C_out * (C_in / groups) * k_h * k_w entries, a Linear's in * out
+        return int((m.weight != 0).sum()) if nonzero_only else m.weight.numel()
+
     def conv_hook(m: nn.Conv2d, i: tuple, o: torch.Tensor) -> None:
         nonlocal total
-        kh, kw = m.kernel_size
-        total += o.shape[2] * o.shape[3] * m.out_channels * (m.in_channels // m.groups) * kh * kw
+        total += o.shape[2] * o.shape[3] * weights(m)
 
     def lin_hook(m: nn.Linear, i: tuple, o: torch.Tensor) -> None:
         nonlocal total
-        total += (o.numel() // o.shape[0] // m.out_features) * m.in_features * m.out_features
+        total += (o.numel() // o.shape[0] // m.out_features) * weights(m)
 
     handles = []
     for m in model.modules():

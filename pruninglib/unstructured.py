@@ -16,8 +16,6 @@ skipped (:func:`sparse_macs`) gives the Scratch-B budget for it.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
@@ -123,31 +121,6 @@ def sparse_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32),
     :math:`H_{out} W_{out} \\cdot \\mathrm{nnz}(W)`, each Linear :math:`\\mathrm{nnz}(W)`
     (the dense count of :func:`pruninglib.metrics.count_macs` with the weight count replaced by
     its non-zeros). A theoretical number: dense hardware does not get faster."""
-    total = 0
+    from pruninglib.metrics import count_macs
 
-    def conv_hook(m: nn.Conv2d, i: Iterable, o: torch.Tensor) -> None:
-        nonlocal total
-        total += o.shape[2] * o.shape[3] * int((m.weight != 0).sum())
-
-    def lin_hook(m: nn.Linear, i: Iterable, o: torch.Tensor) -> None:
-        nonlocal total
-        total += (o.numel() // o.shape[0] // m.out_features) * int((m.weight != 0).sum())
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(lin_hook))
-    p = next(model.parameters())
-    x = example if example is not None else torch.zeros(input_size, device=p.device, dtype=p.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return int(total)
+    return count_macs(model, input_size, example, nonzero_only=True)

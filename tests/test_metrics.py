@@ -22,3 +22,13 @@ def test_latency_reports_conditions():
     assert r.repeats == 5 and r.batch_size == 4 and r.threads == 1
     assert 0 < r.min_s <= r.median_s <= r.max_s
     assert "median" in str(r)
+
+
+def test_count_macs_nonzero_only_counts_each_nonzero_weight_once_per_output_position():
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    with torch.no_grad():
+        m[0].weight[0].zero_()       # one filter of 2*3*3 = 18 weights gone
+        m[2].weight[:, :10].zero_()  # 5*10 = 50 Linear weights gone
+    dense = metrics.count_macs(m, (1, 2, 4, 4))
+    assert dense == 16 * 3 * 18 + 48 * 5
+    assert metrics.count_macs(m, (1, 2, 4, 4), nonzero_only=True) == 16 * 2 * 18 + 38 * 5
