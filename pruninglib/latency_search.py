@@ -45,6 +45,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from pruninglib.graph import prunable_layers
+from pruninglib.metrics import time_runs
 from pruninglib.surgery import prune_channels
 
 __all__ = ["MacsModel", "uniform_counts", "global_counts", "width_grid", "LatencyTable",
@@ -224,24 +225,8 @@ def width_grid(model: nn.Module, fractions: Sequence[float], min_width: int = 1)
 
 def _run_times(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int,
                timer: Callable[[], float] | None) -> list[float]:
-    clock = timer or (lambda: perf_counter())
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    was = module.training
-    module.eval()
-    times = []
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                module(x)
-            sync()
-            for _ in range(repeats):
-                t0 = clock()
-                module(x)
-                sync()
-                times.append(clock() - t0)
-    finally:
-        module.train(was)
-    return times
+    # this module's perf_counter, looked up at call time (tests monkeypatch it)
+    return time_runs(module, x, warmup, repeats, timer=timer or (lambda: perf_counter()))
 
 
 def _reduce(times: Sequence[float], reduce: str) -> float:

@@ -5,11 +5,12 @@ import io
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-__all__ = ["count_parameters", "count_macs", "size_on_disk", "measure_latency", "LatencyResult",
+__all__ = ["count_parameters", "count_macs", "size_on_disk", "measure_latency", "time_runs", "LatencyResult",
            "model_report"]
 
 
@@ -95,8 +96,32 @@ class LatencyResult:
                 f"{self.threads} threads, {self.device})")
 
 
+def time_runs(model: nn.Module, example: torch.Tensor, warmup: int = 3, repeats: int = 10,
+              timer: Callable[[], float] = time.perf_counter) -> list[float]:
+    """The raw timing loop: ``warmup`` untimed runs, then the duration of each of ``repeats``
+    runs of ``model(example)`` in eval mode under ``torch.no_grad``, read from ``timer``.
+    On CUDA the device is synchronised around every run. Threads are left as they are."""
+    sync = torch.cuda.synchronize if example.device.type == "cuda" else (lambda: None)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(example)
+            sync()
+            for _ in range(repeats):
+                t0 = timer()
+                model(example)
+                sync()
+                times.append(timer() - t0)
+    finally:
+        model.train(was_training)
+    return times
+
+
 def measure_latency(model: nn.Module, example: torch.Tensor, warmup: int = 3, repeats: int = 10,
-                    threads: int | None = None) -> LatencyResult:
+                    threads: int | None = None, clock: str = "wall") -> LatencyResult:
     """Time ``model(example)`` in eval mode under ``torch.no_grad``.
 
     Warm-up runs first, then ``repeats`` timed runs; the median is the number to quote.
@@ -108,31 +133,34 @@ def measure_latency(model: nn.Module, example: torch.Tensor, warmup: int = 3, re
         warmup: untimed runs.
         repeats: timed runs.
         threads: set ``torch.set_num_threads`` for the measurement (restored afterwards).
+        clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"``: the calling thread's CPU time
+            (``time.thread_time``) on ONE thread, CPU inputs only. The CPU clock is the work one
+            core does, which other processes on a shared machine do not inflate.
+
+    Raises:
+        ValueError: for an unknown clock, or ``clock="cpu"`` with a non-CPU input or more threads.
     """
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu":
+        if example.device.type != "cpu":
+            raise ValueError(f"clock='cpu' times CPU inputs only, got {example.device}; use clock='wall'")
+        if threads not in (None, 1):
+            raise ValueError(f"clock='cpu' runs on one thread (helper threads' CPU time would not be counted); "
+                             f"got threads={threads}: use clock='wall' for more")
+        threads = 1
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    dev = example.device
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    was_training = model.training
-    model.eval()
-    times = []
     try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(example)
-            sync()
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(example)
-                sync()
-                times.append(time.perf_counter() - t0)
+        times = time_runs(model, example, warmup, repeats,
+                          timer=time.thread_time if clock == "cpu" else time.perf_counter)
         n_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(old_threads)
-        model.train(was_training)
+    device = "cpu (thread CPU time)" if clock == "cpu" else str(example.device)
     return LatencyResult(statistics.median(times), min(times), max(times), repeats,
-                         int(example.shape[0]), n_threads, str(dev))
+                         int(example.shape[0]), n_threads, device)
 
 
 def model_report(model: nn.Module, example: torch.Tensor, latency: bool = True,

@@ -367,7 +367,7 @@ def _on(model: nn.Module, device: torch.device) -> nn.Module:
 
 def cpu_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, repeats: int = 10,
                 threads: int | None = 1) -> LatencyResult:
-    """Like :func:`pruninglib.metrics.measure_latency`, but timed by the thread's CPU time.
+    """:func:`pruninglib.metrics.measure_latency` timed by the thread's CPU time (``clock="cpu"``).
 
     Runs on one CPU thread (``threads`` other than 1 is refused: the CPU time of helper
     threads would not be counted), so ``time.thread_time`` around ``model(example)`` is the
@@ -377,28 +377,7 @@ def cpu_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, repeat
     Raises:
         ValueError: for a non-CPU input or ``threads`` other than 1/None.
     """
-    if example.device.type != "cpu":
-        raise ValueError(f"cpu_latency times CPU inputs only, got {example.device}; use metrics.measure_latency")
-    if threads not in (None, 1):
-        raise ValueError(f"cpu_latency runs on one thread; got threads={threads} (use clock='wall' for more)")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    was_training = model.training
-    model.eval()
-    times = []
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(example)
-            for _ in range(repeats):
-                t0 = time.thread_time()
-                model(example)
-                times.append(time.thread_time() - t0)
-    finally:
-        torch.set_num_threads(old)
-        model.train(was_training)
-    return LatencyResult(statistics.median(times), min(times), max(times), repeats, int(example.shape[0]), 1,
-                         "cpu (thread CPU time)")
+    return measure_latency(model, example, warmup=warmup, repeats=repeats, threads=threads, clock="cpu")
 
 
 def measure_model(model: nn.Module, size: int = 224, batch: int = 32, throughput_size: int | None = None,

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -32,3 +33,14 @@ def test_count_macs_nonzero_only_counts_each_nonzero_weight_once_per_output_posi
     dense = metrics.count_macs(m, (1, 2, 4, 4))
     assert dense == 16 * 3 * 18 + 48 * 5
     assert metrics.count_macs(m, (1, 2, 4, 4), nonzero_only=True) == 16 * 2 * 18 + 38 * 5
+
+
+def test_measure_latency_cpu_clock_runs_on_one_thread_and_refuses_bad_settings():
+    m = nn.Linear(8, 4)
+    r = metrics.measure_latency(m, torch.randn(2, 8), warmup=1, repeats=3, clock="cpu")
+    assert r.threads == 1 and r.repeats == 3 and r.batch_size == 2 and "CPU time" in r.device
+    assert r.min_s <= r.median_s <= r.max_s
+    with pytest.raises(ValueError, match="one thread"):
+        metrics.measure_latency(m, torch.randn(2, 8), clock="cpu", threads=2)
+    with pytest.raises(ValueError, match="clock must be"):
+        metrics.measure_latency(m, torch.randn(2, 8), clock="gpu")

@@ -17,13 +17,8 @@ from pruninglib.graph import prunable_layers
 from pruninglib.models import MLP, CifarResNet, CifarVGG, LeNet3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and time most reliably on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models run fastest (and time most reliably on a shared machine) on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(shape, n=40, classes=10, seed=0, dtype=torch.float64, split=25):

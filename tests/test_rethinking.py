@@ -17,12 +17,8 @@ from pruninglib.rethinking import (PAPER_PROTOCOL, PAPER_RESULTS, Experiment, fr
 from pruninglib.unstructured import apply_masks, get_masks, magnitude_prune, sparse_macs, sparsity
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and avoids spin on a busy machine
-    yield
-    torch.set_num_threads(old)
+# tiny models run fastest (and time most reliably on a shared machine) on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ budgets

@@ -17,13 +17,8 @@ from pruninglib.schedule import (ImportanceAccumulator, IterativePruner, greedy_
 from pruninglib.surgery import channel_counts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and time most reliably on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models run fastest (and time most reliably on a shared machine) on one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_accumulator_average_and_momentum():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import torch
 import torch.nn as nn
 
 from pruninglib.criteria.base import Scores, register
