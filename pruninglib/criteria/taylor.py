@@ -476,13 +476,12 @@ def _per_unit(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(1) if t.dim() > 1 else t
 
 
-@register("taylor_fo_weight")
-def taylor_fo_weight(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy,
-                     kinds: tuple[str, ...] = ("conv", "linear"), momentum: float | None = None,
-                     normalize: bool = False, device: torch.device | None = None, **_: Any) -> Scores:
-    r"""Taylor FO on the weights, the sum of individual contributions (Molchanov et al. 2019,
-    Sec. 3.1; "Taylor_weight" in the authors' code): :math:`\sum_{s \in S_m} (w_s g_s)^2` over the
-    unit's filter (weights and bias), per minibatch, averaged over minibatches."""
+def _filter_scores(model: nn.Module, batches: Iterable, loss_fn: Callable, kinds: tuple[str, ...],
+                   device: torch.device | None,
+                   unit_score: Callable[[PrunableLayer, list[torch.Tensor], int], torch.Tensor],
+                   momentum: float | None = None) -> Scores:
+    """Average (or, with ``momentum``, smooth) ``unit_score(layer, filter_grads, batch_size)`` over
+    the minibatches; the gradients are those of each unit's filter weights and bias."""
     layers = prunable_layers(model, kinds)
     device = device or next(model.parameters()).device
     acc = {pl.name: torch.zeros(pl.num_units, dtype=torch.float64) for pl in layers}
@@ -494,8 +493,7 @@ def taylor_fo_weight(model: nn.Module, batches: Iterable, loss_fn: Callable = F.
             x, y = x.to(device), y.to(device)
             grads = _param_grads(model, layers, x, y, loss_fn, _filter_params)
             for pl, gs in zip(layers, grads):
-                s = sum(_per_unit((p.detach() * g).pow(2)) for p, g in zip(_filter_params(pl), gs))
-                s = s.double().cpu()
+                s = unit_score(pl, gs, len(y)).double().cpu()
                 if momentum is None:
                     acc[pl.name] += s
                 else:
@@ -506,7 +504,20 @@ def taylor_fo_weight(model: nn.Module, batches: Iterable, loss_fn: Callable = F.
     if nb == 0:
         raise ValueError("batches is empty: pass an iterable of (x, y) with at least one batch")
     div = nb if momentum is None else 1
-    return _maybe_normalize({k: (v / div).float() for k, v in acc.items()}, normalize)
+    return {k: (v / div).float() for k, v in acc.items()}
+
+
+@register("taylor_fo_weight")
+def taylor_fo_weight(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy,
+                     kinds: tuple[str, ...] = ("conv", "linear"), momentum: float | None = None,
+                     normalize: bool = False, device: torch.device | None = None, **_: Any) -> Scores:
+    r"""Taylor FO on the weights, the sum of individual contributions (Molchanov et al. 2019,
+    Sec. 3.1; "Taylor_weight" in the authors' code): :math:`\sum_{s \in S_m} (w_s g_s)^2` over the
+    unit's filter (weights and bias), per minibatch, averaged over minibatches."""
+    scores = _filter_scores(
+        model, batches, loss_fn, kinds, device, momentum=momentum,
+        unit_score=lambda pl, gs, n: sum(_per_unit((p.detach() * g).pow(2)) for p, g in zip(_filter_params(pl), gs)))
+    return _maybe_normalize(scores, normalize)
 
 
 def filter_group_contribution(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -545,22 +556,7 @@ def obd_squared_gradients(model: nn.Module, batches: Iterable, loss_fn: Callable
     the empirical-Fisher estimate Molchanov et al. 2019 (Sec. 3) relate to the Taylor FO
     weight criterion. It equals :func:`taylor_fo_weight` times :math:`B/2`: the same ranking.
     """
-    layers = prunable_layers(model, kinds)
-    device = device or next(model.parameters()).device
-    acc = {pl.name: torch.zeros(pl.num_units, dtype=torch.float64) for pl in layers}
-    nb = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            grads = _param_grads(model, layers, x, y, loss_fn, _filter_params)
-            for pl, gs in zip(layers, grads):
-                acc[pl.name] += sum(_per_unit(0.5 * len(y) * g.pow(2) * p.detach().pow(2))
-                                    for p, g in zip(_filter_params(pl), gs)).double().cpu()
-            nb += 1
-    finally:
-        model.train(was_training)
-    if nb == 0:
-        raise ValueError("batches is empty: pass an iterable of (x, y) with at least one batch")
-    return {k: (v / nb).float() for k, v in acc.items()}
+    return _filter_scores(
+        model, batches, loss_fn, kinds, device,
+        unit_score=lambda pl, gs, n: sum(_per_unit(0.5 * n * g.pow(2) * p.detach().pow(2))
+                                         for p, g in zip(_filter_params(pl), gs)))
