@@ -19,6 +19,13 @@ __all__ = ["latest_timings", "timing_line", "update_notebooks", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^\*\*Time on a 2-core CPU\.\*\*.*$", re.M)
+ENTRY = re.compile(r"\b(quick|laptop|paper) ([0-9.]+) min \(run ([^)\s]+)\)")
+
+
+def parse_line(line: str) -> dict[str, tuple[float, str]]:
+    """The measured entries of an existing timing line, ``{mode: (seconds, run)}`` (inverse of
+    :func:`timing_line`), so a run folder that is gone does not erase what it measured."""
+    return {m: (float(v) * 60, run) for m, v, run in ENTRY.findall(line)}
 
 
 def latest_timings(runs: Path = ROOT / "runs") -> dict[str, dict[str, tuple[float, str]]]:
@@ -55,8 +62,9 @@ def update_notebooks(notebooks: Path = ROOT / "notebooks", runs: Path = ROOT / "
             continue
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
-            if cell.cell_type == "markdown" and LINE.search(cell.source):
-                new = LINE.sub(timing_line(t), cell.source, count=1)
+            found = LINE.search(cell.source) if cell.cell_type == "markdown" else None
+            if found:
+                new = LINE.sub(timing_line({**parse_line(found.group(0)), **t}), cell.source, count=1)
                 if new != cell.source:
                     cell.source = new
                     nbformat.write(nb, path)
