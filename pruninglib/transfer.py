@@ -423,10 +423,11 @@ def measure_model(model: nn.Module, size: int = 224, batch: int = 32, throughput
         dev = torch.device(d)
         m = _on(model, dev)
         th = threads if dev.type == "cpu" else None
-        timer = cpu_latency if (clock == "cpu" and dev.type == "cpu") else measure_latency
-        lat = timer(m, torch.randn(1, 3, size, size, device=dev), warmup=warmup, repeats=repeats, threads=th)
-        thr = timer(m, torch.randn(batch, 3, ts, ts, device=dev), warmup=1, repeats=max(1, repeats // 2),
-                    threads=th)
+        clk = clock if dev.type == "cpu" else "wall"  # a GPU is timed by the wall clock
+        lat = measure_latency(m, torch.randn(1, 3, size, size, device=dev), warmup=warmup, repeats=repeats,
+                              threads=th, clock=clk)
+        thr = measure_latency(m, torch.randn(batch, 3, ts, ts, device=dev), warmup=1, repeats=max(1, repeats // 2),
+                              threads=th, clock=clk)
         out[f"latency_ms_{dev.type}"] = pick(lat) * 1e3
         out[f"throughput_{dev.type}"] = batch / pick(thr)
     return out
