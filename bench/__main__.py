@@ -130,7 +130,7 @@ def write_results(sections: Sequence[Section], out: Path, env: dict[str, Any], q
                   "the code from rotting. Its numbers say nothing about speed.", ""]
     lines += [
         "Conventions: every latency is the median of the repeats with [min, max] beside it, taken "
-        "with `pruninglib.metrics.measure_latency` in eval mode under `torch.no_grad`; every ratio "
+        "with `pruninglib.core.metrics.measure_latency` in eval mode under `torch.no_grad`; every ratio "
         "(pruned vs unpruned, ours vs a peer) comes from models timed back to back in this one "
         "process, interleaved round by round so that load changes hit them alike. Wall times on a "
         "shared machine are inflated; ratios much less so.", "",

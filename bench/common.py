@@ -6,7 +6,7 @@ Conventions (``bench/RESULTS.md`` states them too):
 * every ratio (pruned vs unpruned, ours vs a peer) is taken in ONE process, with the models
   timed back to back and *interleaved* (one forward of each model per round), so a load change
   on a shared machine hits all of them alike; :func:`interleaved_latency` does that with
-  :func:`pruninglib.metrics.measure_latency`;
+  :func:`pruninglib.core.metrics.measure_latency`;
 * a latency is quoted as the median of the repeats, with the min and max beside it.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 
 from pruninglib.criteria import get_criterion
-from pruninglib.metrics import LatencyResult, measure_latency
-from pruninglib.surgery import prune_channels
+from pruninglib.core.metrics import LatencyResult, measure_latency
+from pruninglib.core.surgery import prune_channels
 from pruninglib.utils import describe_device, get_device
 
 __all__ = [
@@ -192,7 +192,7 @@ def interleaved_latency(models: Mapping[str, nn.Module], example: torch.Tensor, 
     """Latency of several models on the same input, measured in interleaved rounds.
 
     Each model first gets ``warmup`` untimed runs; then every round times ONE forward pass of
-    each model in turn (:func:`pruninglib.metrics.measure_latency` with ``repeats=1``), so
+    each model in turn (:func:`pruninglib.core.metrics.measure_latency` with ``repeats=1``), so
     slow drifts of the machine's load affect every model equally. Ratios of the medians are
     therefore fair even on a shared machine.
 
@@ -234,7 +234,7 @@ def uniform_filter_plan(model: nn.Module, fraction: float, criterion: str = "wei
     smallest (at least one filter stays). Ties are broken by index.
 
     Args:
-        model: a model :func:`~pruninglib.graph.prunable_layers` understands (only its
+        model: a model :func:`~pruninglib.core.graph.prunable_layers` understands (only its
             convs are planned: for torchvision VGG16 the 13 convs, not the classifier; for
             CIFAR ResNets the inner conv of each block).
         fraction: share of filters to remove per layer, in [0, 1).

@@ -10,7 +10,7 @@ For each model, the same minibatches are used for
   (no data), and, for reference, Taylor SO (one extra backward pass per class);
 * the training pass *with* the 2019 schedule's bookkeeping: gates inserted and
   :math:`(z\\,\\partial L/\\partial z)^2` accumulated after every backward
-  (:class:`pruninglib.schedule.IterativePruner` with a far-away pruning step).
+  (:class:`pruninglib.methods.schedule.IterativePruner` with a far-away pruning step).
 
 The ratio is (criterion seconds) / (plain training seconds), the median of a few repeats.
 Target for the Taylor criteria: at most 1.3x. Models: LeNet3 (28x28x1) and a CIFAR VGG-11 with
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pruninglib.criteria import get_criterion
 from pruninglib.criteria.taylor import obd_squared_gradients
 from pruninglib.models import CifarVGG, LeNet3
-from pruninglib.schedule import IterativePruner, non_gate_parameters
+from pruninglib.methods.schedule import IterativePruner, non_gate_parameters
 from pruninglib.utils import get_device, set_seed
 
 __all__ = ["run", "TARGET_RATIO"]

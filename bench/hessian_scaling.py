@@ -3,7 +3,7 @@
 For an MLP ``49 -> h -> 10`` (tanh; ``P = 60 h + 10`` parameters) on ``N`` random inputs, this
 records, per size:
 
-* ``hessian_s``: building the exact Hessian with ``torch.func`` (:func:`pruninglib.hessian.exact_hessian`,
+* ``hessian_s``: building the exact Hessian with ``torch.func`` (:func:`pruninglib.curvature.hessian.exact_hessian`,
   float64), median of the repeats -- :math:`O(P^2 N)` work, :math:`O(P^2)` memory;
 * ``obs_s``: OBS on it: the full inverse (Cholesky, :math:`O(P^3)`) plus one pass of pruning
   (all :math:`P` saliencies :math:`\\theta_q^2/2[H^{-1}]_{qq}`, the deletion of the least salient
@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from pruninglib.criteria.obs import inverse_hessian, obs_saliency, obs_update, sherman_morrison_remove
-from pruninglib.hessian import exact_hessian, flatten_params
+from pruninglib.curvature.hessian import exact_hessian
+from pruninglib.curvature.params import flatten_params
 from pruninglib.models import MLP
 from pruninglib.utils import describe_device, set_seed
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pruninglib.criteria.oracle import naive_oracle_loss_change, oracle_loss_change
-from pruninglib.graph import prunable_layers
+from pruninglib.core.graph import prunable_layers
 from pruninglib.models import LeNet3
 from pruninglib.utils import get_device, set_seed
 
@@ -39,7 +39,7 @@ def _cpu() -> float:
 
 def _data(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     try:
-        from pruninglib.correlation import load_tensors
+        from pruninglib.lessons.correlation import load_tensors
 
         ds = load_tensors("fashion_mnist", "train", n_per_class=max(1, n // 10), seed=0)
         return ds.tensors[0][:n], ds.tensors[1][:n], "Fashion-MNIST training images"

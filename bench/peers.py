@@ -3,7 +3,7 @@
 The same model, the same plan (Li et al. 2017, Sec. 3.1: the filters of lowest L1 norm
 :math:`s_j = \\sum_i |\\mathcal{F}_{i,j}|`, the same fraction in every prunable conv), three tools:
 
-* **ours**: :func:`pruninglib.surgery.prune_channels` removes the filters, their BatchNorm
+* **ours**: :func:`pruninglib.core.surgery.prune_channels` removes the filters, their BatchNorm
   entries and the consumer's input channels;
 * **torch.nn.utils.prune** (``ln_structured(conv, "weight", amount=k, n=1, dim=0)``, which
   ranks by the same L1 norm): it only multiplies the weight by a mask, so the parameters, the
@@ -38,8 +38,8 @@ from bench.common import (TP_INSTALL_HINT, fmt_bytes_mb, fmt_latency, fmt_ms, in
                           md_table, nonzero_parameters, randomize_batchnorm, time_call,
                           torch_pruning_or_none, uniform_filter_plan, vgg16_narrow)
 from pruninglib import models as M
-from pruninglib.metrics import count_parameters, size_on_disk
-from pruninglib.surgery import prune_channels
+from pruninglib.core.metrics import count_parameters, size_on_disk
+from pruninglib.core.surgery import prune_channels
 from pruninglib.utils import get_device, set_seed
 
 __all__ = ["TOLERANCE", "PeerSpec", "FULL_SPECS", "QUICK_SPECS", "METHODS", "run",

@@ -33,8 +33,8 @@ import torch.nn as nn
 from bench.common import (fmt_latency, interleaved_latency, md_table, pruned_copy,
                           uniform_filter_plan, vgg16_narrow)
 from pruninglib import models as M
-from pruninglib.graph import prunable_layers
-from pruninglib.metrics import count_macs, count_parameters
+from pruninglib.core.graph import prunable_layers
+from pruninglib.core.metrics import count_macs, count_parameters
 from pruninglib.utils import get_device, set_seed
 
 __all__ = ["LEVELS", "ModelSpec", "FULL_SPECS", "QUICK_SPECS", "run", "plot_speedup"]
@@ -192,7 +192,7 @@ def run(quick: bool = False, *, levels: Sequence[float] = LEVELS,
     specs = list(specs if specs is not None else (QUICK_SPECS if quick else FULL_SPECS))
     results = [_bench_model(s, levels, device) for s in specs]
     md = ["Filters ranked by L1 norm (`get_criterion(\"weight_l1\")`, Li et al. 2017) and removed "
-          "uniformly per prunable conv with `pruninglib.surgery.prune_channels`. *MAC ratio* = "
+          "uniformly per prunable conv with `pruninglib.core.surgery.prune_channels`. *MAC ratio* = "
           "pruned MACs / unpruned MACs (per sample); *limit* = its inverse, the speed-up a "
           "device would give if time were proportional to MACs; *speed-up* = unpruned median "
           "latency / pruned median latency, all models timed in interleaved rounds in this "

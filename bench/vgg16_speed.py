@@ -13,7 +13,7 @@ benchmark measures, in one run on this machine:
 2. **Ranking cost.** One Taylor ranking pass against one plain training pass (forward,
    backward, SGD step, all layers trainable, as during fine-tuning) on the same batches;
    the target is at most 1.3x. Both the criterion as is and with weight gradients skipped
-   (``freeze_weights=True``, what :func:`pruninglib.transfer.rank_filters` does by default).
+   (``freeze_weights=True``, what :func:`pruninglib.lessons.transfer.rank_filters` does by default).
 
 CPU times are the **thread CPU time on one thread** (``time.thread_time``: what an idle core
 would take; other processes on a shared machine do not inflate it), and, for reference, the
@@ -38,9 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pruninglib import data as D
-from pruninglib.metrics import count_macs, count_parameters, measure_latency, size_on_disk
+from pruninglib.core.metrics import count_macs, count_parameters, measure_latency, size_on_disk
 from pruninglib.models import build_model
-from pruninglib.transfer import (conv_counts, cpu_latency, layer_times, part_shares, prune_lowest, rank_filters,
+from pruninglib.lessons.transfer import (conv_counts, cpu_latency, layer_times, part_shares, prune_lowest, rank_filters,
                                  total_conv_filters, unfreeze)
 from pruninglib.utils import describe_device, set_seed
 

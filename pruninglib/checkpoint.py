@@ -107,7 +107,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, extra: dict | None = 
 
     Args:
         model: built with :func:`pruninglib.models.build_model` (so it has ``pl_config``);
-            gates should be removed first (:func:`pruninglib.gates.remove_gates`).
+            gates should be removed first (:func:`pruninglib.core.gates.remove_gates`).
         path: destination file.
         extra: anything else to store (metrics, history).
     """
@@ -116,7 +116,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, extra: dict | None = 
         raise ValueError("model has no pl_config: build it with pruninglib.models.build_model(name, ...) "
                          "so the checkpoint can rebuild the architecture")
     if any(hasattr(m, "pl_gate") for m in model.modules()):
-        raise ValueError("model still has gates; call pruninglib.gates.remove_gates(model) before saving")
+        raise ValueError("model still has gates; call pruninglib.core.gates.remove_gates(model) before saving")
     cfg = dict(cfg)
     if cfg["name"] == "vgg16_transfer":  # weights come from the file, never from a download
         cfg["kwargs"] = {**cfg["kwargs"], "pretrained": False}

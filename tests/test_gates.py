@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from pruninglib import gates as G
+from pruninglib.core import gates as G
 from pruninglib.models import CifarVGG, LeNet3
 
 

@@ -8,11 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pruninglib.criteria.fisher import empirical_fisher, empirical_fisher_diag, per_sample_grads
-from pruninglib.criteria.kfac import kfac_diag, kfac_factors, kfac_matrix
-from pruninglib.hessian import (add_damping, exact_hessian, flatten_params, gauss_newton, gradient,
-                                load_flat, loss_at, losses_at, minimize_full_batch, param_spec,
-                                relative_frobenius_error)
+from pruninglib.curvature.fisher import empirical_fisher, empirical_fisher_diag, per_sample_grads
+from pruninglib.curvature.kfac import kfac_diag, kfac_factors, kfac_matrix
+from pruninglib.curvature.hessian import exact_hessian, gauss_newton, gradient, loss_at, losses_at, minimize_full_batch, relative_frobenius_error
+from pruninglib.curvature.params import add_damping, flatten_params, load_flat, param_spec
 
 D = torch.float64
 

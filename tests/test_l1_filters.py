@@ -1,11 +1,11 @@
-"""L1-norm filter pruning with Li et al. 2017's predefined targets (pruninglib.l1_filters)."""
+"""L1-norm filter pruning with Li et al. 2017's predefined targets (pruninglib.methods.l1_filters)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 
-from pruninglib.l1_filters import (PAPER_FLOPS_PRUNED, PAPER_PARAMS_PRUNED, VGG16_A_CFG, flops_reduction,
+from pruninglib.methods.l1_filters import (PAPER_FLOPS_PRUNED, PAPER_PARAMS_PRUNED, VGG16_A_CFG, flops_reduction,
                                    l1_keep_plan, predefined_target, prune_to_widths, resnet_block_of_id,
                                    resnet_conv_id, resnet_target_mid_channels, target_widths)
 from pruninglib.models import CifarResNet, CifarVGG, build_model

@@ -4,11 +4,12 @@ import itertools
 import pytest
 import torch
 
-import pruninglib.latency_search as ls
-from pruninglib import metrics, models
-from pruninglib.latency_search import (MacsModel, build_latency_table, compare_latency, global_counts,
+import pruninglib.methods.latency_search as ls
+from pruninglib.core import metrics
+from pruninglib import models
+from pruninglib.methods.latency_search import (MacsModel, build_latency_table, compare_latency, global_counts,
                                        netadapt_search, time_module, uniform_counts, width_grid)
-from pruninglib.selection import apply_kept
+from pruninglib.methods.selection import apply_kept
 
 
 def _vgg(cfg=(8, "M", 16, 16), side=12, seed=0):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pruninglib import metrics
+from pruninglib.core import metrics
 
 
 def test_macs_by_hand():

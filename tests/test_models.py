@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pruninglib import metrics
-from pruninglib.graph import prunable_layers
+from pruninglib.core import metrics
+from pruninglib.core.graph import prunable_layers
 from pruninglib.models import (MLP, CifarResNet, CifarVGG, LeNet3, PretrainedWeightsUnavailable, build_model,
                                resnet20, resnet56, vgg16, vgg16_transfer)
 

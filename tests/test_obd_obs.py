@@ -12,9 +12,10 @@ from pruninglib.criteria.obd import (curvature, group_obd_saliency, obd_saliency
 from pruninglib.criteria.obs import (group_obs_saliency, group_obs_update, inverse_hessian, obs_prune,
                                      obs_prune_groups, obs_saliency, obs_update, sherman_morrison_remove,
                                      woodbury_remove)
-from pruninglib.hessian import exact_hessian, flatten_params, gradient, load_flat, loss_at, losses_at
-from pruninglib.surgery import prune_units
-from pruninglib.xor import minimize_batched, train_xor, xor_error, xor_pruning_trial
+from pruninglib.curvature.hessian import exact_hessian, gradient, loss_at, losses_at
+from pruninglib.curvature.params import flatten_params, load_flat
+from pruninglib.core.surgery import prune_units
+from pruninglib.lessons.xor import minimize_batched, train_xor, xor_error, xor_pruning_trial
 
 D = torch.float64
 

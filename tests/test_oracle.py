@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from pruninglib.correlation import (correlation_table, markdown_table, oracle_correlations,
+from pruninglib.lessons.correlation import (correlation_table, markdown_table, oracle_correlations,
                                     rank_correlation, reference_model)
 from pruninglib.criteria import get_criterion
 from pruninglib.criteria.oracle import (evaluate_loss, naive_oracle_loss_change, oracle_loss_change,
                                         oracle_method)
-from pruninglib.gates import insert_gates, zero_units
-from pruninglib.graph import prunable_layers
+from pruninglib.core.gates import insert_gates, zero_units
+from pruninglib.core.graph import prunable_layers
 from pruninglib.models import MLP, CifarResNet, CifarVGG, LeNet3
 
 

@@ -1,4 +1,4 @@
-"""Least-squares reconstruction of the next layer (pruninglib.reconstruction)."""
+"""Least-squares reconstruction of the next layer (pruninglib.methods.reconstruction)."""
 import copy
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 from pruninglib import models
-from pruninglib.reconstruction import (consumer_patches, consumer_weight, least_squares_fit, reconstruct,
+from pruninglib.methods.reconstruction import (consumer_patches, consumer_weight, least_squares_fit, reconstruct,
                                        reconstruct_layer, sample_layer)
-from pruninglib.selection import apply_kept
+from pruninglib.methods.selection import apply_kept
 
 
 def _batches(n=64, c=1, side=10, seed=0, bs=32):

@@ -1,4 +1,4 @@
-"""The Rethinking protocol (pruninglib.rethinking) and unstructured pruning (pruninglib.unstructured)."""
+"""The Rethinking protocol (pruninglib.lessons.rethinking) and unstructured pruning (pruninglib.methods.unstructured)."""
 from __future__ import annotations
 
 import math
@@ -8,13 +8,13 @@ import torch
 import torch.nn as nn
 
 from pruninglib.data import synthetic_images
-from pruninglib.l1_filters import predefined_target
-from pruninglib.metrics import count_macs
+from pruninglib.methods.l1_filters import predefined_target
+from pruninglib.core.metrics import count_macs
 from pruninglib.models import CifarVGG, build_model
-from pruninglib.rethinking import (PAPER_PROTOCOL, PAPER_RESULTS, Experiment, fresh_like, lr_milestones,
+from pruninglib.lessons.rethinking import (PAPER_PROTOCOL, PAPER_RESULTS, Experiment, fresh_like, lr_milestones,
                                    paper_experiments, results_table, run_experiment, scratch_b_epochs,
                                    summarize, train_resumable)
-from pruninglib.unstructured import apply_masks, get_masks, magnitude_prune, sparse_macs, sparsity
+from pruninglib.methods.unstructured import apply_masks, get_masks, magnitude_prune, sparse_macs, sparsity
 
 
 # tiny models run fastest (and time most reliably on a shared machine) on one thread
@@ -197,7 +197,7 @@ def test_experiment_validation():
 
 
 def test_dataset_fingerprint_keys_checkpoints():
-    from pruninglib.rethinking import dataset_fingerprint
+    from pruninglib.lessons.rethinking import dataset_fingerprint
 
     a = synthetic_images(32, num_classes=4, size=8, seed=0)
     b = torch.utils.data.TensorDataset(a.tensors[0], a.tensors[1].flip(0))  # same size, other labels

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 from pruninglib.data import synthetic_images
 from pruninglib.criteria.oracle import evaluate_loss, oracle_loss_change
-from pruninglib.gates import get_gates, insert_gates, zero_units
-from pruninglib.graph import prunable_layers
+from pruninglib.core.gates import get_gates, insert_gates, zero_units
+from pruninglib.core.graph import prunable_layers
 from pruninglib.models import LeNet3
-from pruninglib.schedule import (ImportanceAccumulator, IterativePruner, greedy_prune, greedy_scorer,
+from pruninglib.methods.schedule import (ImportanceAccumulator, IterativePruner, greedy_prune, greedy_scorer,
                                  non_gate_parameters, scaled_per_step, select_lowest)
-from pruninglib.surgery import channel_counts
+from pruninglib.core.surgery import channel_counts
 
 
 # tiny models run fastest (and time most reliably on a shared machine) on one thread

@@ -8,13 +8,13 @@ import torch
 import torch.nn as nn
 
 from pruninglib import models
-from pruninglib.block_selection import (APG, add_block_scales, block_scales, drop_blocks, fold_block_scales,
+from pruninglib.methods.block_selection import (APG, add_block_scales, block_scales, drop_blocks, fold_block_scales,
                                         scale_parameters, soft_threshold)
-from pruninglib.metrics import count_macs
-from pruninglib.reconstruction import LayerSample, sample_layer
-from pruninglib.selection import (apply_kept, kept_from_scores, kept_to_plan, lasso_channel_mask, lasso_gram,
+from pruninglib.core.metrics import count_macs
+from pruninglib.methods.reconstruction import LayerSample, sample_layer
+from pruninglib.methods.selection import (apply_kept, kept_from_scores, kept_to_plan, lasso_channel_mask, lasso_gram,
                                   lasso_select, select_sequential, thinet_select)
-from pruninglib.surgery import channel_counts
+from pruninglib.core.surgery import channel_counts
 
 
 def _batches(n=64, c=1, side=10, seed=0, bs=32):
@@ -74,7 +74,7 @@ def test_lasso_select_rejects_keeping_nothing():
     with pytest.raises(ValueError, match="cannot lose every channel"):
         lasso_select(_sample(), 0)
     with pytest.raises(ValueError, match=">= 0"):
-        from pruninglib.selection import lasso_solve
+        from pruninglib.methods.selection import lasso_solve
         lasso_solve(np.eye(2), np.ones(2), -1.0)
 
 

@@ -1,4 +1,4 @@
-"""Network Slimming (pruninglib.slimming): subgradient, global threshold, never an empty layer."""
+"""Network Slimming (pruninglib.methods.slimming): subgradient, global threshold, never an empty layer."""
 from __future__ import annotations
 
 import pytest
@@ -6,12 +6,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pruninglib.graph import prunable_layers
-from pruninglib.metrics import count_parameters
+from pruninglib.core.graph import prunable_layers
+from pruninglib.core.metrics import count_parameters
 from pruninglib.models import CifarResNet, CifarVGG
-from pruninglib.slimming import (bn_l1_penalty, bn_l1_subgradient, bn_scales, slim, slimming_plan,
+from pruninglib.methods.slimming import (bn_l1_penalty, bn_l1_subgradient, bn_scales, slim, slimming_plan,
                                  slimming_threshold, uniform_vgg_cfg, vgg_cfg_of, vgg_param_count)
-from pruninglib.surgery import prune_channels
+from pruninglib.core.surgery import prune_channels
 
 CFG = [8, 8, "M", 12, 12, "M", 16, 16]
 

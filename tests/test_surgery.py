@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pruninglib import gates as G
-from pruninglib import metrics, surgery
-from pruninglib.graph import UnsupportedModelError, prunable_layers
+from pruninglib.core import gates as G
+from pruninglib.core import metrics, surgery
+from pruninglib.core.graph import UnsupportedModelError, prunable_layers
 from pruninglib.models import MLP, CifarVGG, LeNet3, resnet20, vgg16_transfer
 
 

@@ -13,8 +13,8 @@ from pruninglib.criteria.taylor import (filter_group_contribution, gate_hessian_
                                         gate_taylor_statistics, obd_squared_gradients, taylor_2017,
                                         taylor_2017_flops, taylor_fo_gate, taylor_fo_weight,
                                         temporary_gates, unit_flops)
-from pruninglib.gates import ActivationRecorder, get_gates, insert_gates
-from pruninglib.graph import prunable_layers
+from pruninglib.core.gates import ActivationRecorder, get_gates, insert_gates
+from pruninglib.core.graph import prunable_layers
 from pruninglib.models import MLP, CifarVGG, LeNet3
 
 

@@ -2,7 +2,7 @@ import json
 
 import nbformat
 
-from pruninglib.timings import latest_timings, update_notebooks
+from pruninglib.run.lesson_times import latest_timings, update_notebooks
 
 
 def test_timing_line_comes_from_the_newest_summary(tmp_path):

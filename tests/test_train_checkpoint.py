@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pruninglib import checkpoint, surgery
+from pruninglib import checkpoint
+from pruninglib.core import surgery
 from pruninglib.data import synthetic_images
 from pruninglib.models import build_model
 from pruninglib.train import evaluate, fit, make_loader

@@ -1,4 +1,4 @@
-"""pruninglib.transfer: feature cache, head training, Taylor ranking, the prune/fine-tune loop, measurements.
+"""pruninglib.lessons.transfer: feature cache, head training, Taylor ranking, the prune/fine-tune loop, measurements.
 
 Most tests use a tiny VGG-like network (same ``features`` / ``avgpool`` / ``classifier`` layout
 as torchvision's VGG) on synthetic images, so they run in seconds; the ranking tests use
@@ -16,10 +16,10 @@ from torch.utils.data import Subset
 
 from pruninglib import set_seed
 from pruninglib.data import synthetic_images
-from pruninglib.metrics import count_macs, count_parameters
+from pruninglib.core.metrics import count_macs, count_parameters
 from pruninglib.models import build_model
 from pruninglib.train import evaluate, make_loader
-from pruninglib.transfer import (cache_features, conv_counts, cpu_latency, display_images, finetune, layer_times,
+from pruninglib.lessons.transfer import (cache_features, conv_counts, cpu_latency, display_images, finetune, layer_times,
                                  measure_model, part_shares, plot_prediction_grid, predict, prune_finetune_loop,
                                  prune_lowest, rank_filters, total_conv_filters, train_head, transfer_head)
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pruninglib import gates, set_seed
+from pruninglib.core import gates
+from pruninglib import set_seed
 from pruninglib.checkpoint import load_pruned, save_pruned
-from pruninglib.graph import prunable_layers
+from pruninglib.core.graph import prunable_layers
 from pruninglib.models import build_model
-from pruninglib.surgery import prune_channels
-from pruninglib.transfer import conv_counts, prune_lowest, rank_filters, total_conv_filters
+from pruninglib.core.surgery import prune_channels
+from pruninglib.lessons.transfer import conv_counts, prune_lowest, rank_filters, total_conv_filters
 
 VGG16_CONVS = ["features.0", "features.2", "features.5", "features.7", "features.10", "features.12",
                "features.14", "features.17", "features.19", "features.21", "features.24",

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from pruninglib.criteria.base import Scores, register
-from pruninglib.graph import PrunableLayer, prunable_layers
+from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["activation_statistics", "activation_mean", "activation_std", "activation_apoz"]
 

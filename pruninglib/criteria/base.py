@@ -97,7 +97,7 @@ def check_ratio(ratio: float, name: str = "ratio") -> float:
 def lowest_per_layer(scores: Scores, ratio: float, min_keep: int = 1) -> dict[str, list[int]]:
     """A uniform plan: in every layer, the ``floor(ratio * n)`` least important units
     (capped so that ``min_keep`` units stay), as ``{layer: [indices]}`` for
-    :func:`pruninglib.surgery.prune_channels`."""
+    :func:`pruninglib.core.surgery.prune_channels`."""
     r = check_ratio(ratio)
     plan = {}
     for name, v in scores.items():

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import torch.nn as nn
 
 from pruninglib.criteria.base import Scores, register
-from pruninglib.graph import prunable_layers
+from pruninglib.core.graph import prunable_layers
 
 __all__ = ["weight_l1", "weight_l2", "bn_scale"]
 

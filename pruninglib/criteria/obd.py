@@ -30,8 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pruninglib.criteria.base import Scores, register
-from pruninglib.graph import prunable_layers
-from pruninglib.hessian import ParamSpec, exact_hessian, flatten_params, gauss_newton
+from pruninglib.core.graph import prunable_layers
+from pruninglib.curvature.hessian import exact_hessian, gauss_newton
+from pruninglib.curvature.params import ParamSpec, flatten_params
 
 __all__ = ["obd_saliency", "magnitude_saliency", "obd_weight_scores", "prune_lowest",
            "unit_groups", "group_obd_saliency", "curvature", "CURVATURES", "obd_unit"]
@@ -143,10 +144,10 @@ def curvature(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_e
     r"""A dense ``[P, P]`` stand-in for the Hessian, over all trainable parameters.
 
     Args:
-        kind: ``"exact"`` (:func:`~pruninglib.hessian.exact_hessian`), ``"gauss_newton"``
-            (:func:`~pruninglib.hessian.gauss_newton`), ``"fisher"`` (empirical Fisher,
-            :func:`~pruninglib.criteria.fisher.empirical_fisher`) or ``"kfac"``
-            (:func:`~pruninglib.criteria.kfac.kfac_matrix`, Linear layers only).
+        kind: ``"exact"`` (:func:`~pruninglib.curvature.hessian.exact_hessian`), ``"gauss_newton"``
+            (:func:`~pruninglib.curvature.hessian.gauss_newton`), ``"fisher"`` (empirical Fisher,
+            :func:`~pruninglib.curvature.fisher.empirical_fisher`) or ``"kfac"``
+            (:func:`~pruninglib.curvature.kfac.kfac_matrix`, Linear layers only).
         damping: :math:`\lambda` added to the diagonal.
     """
     if kind == "exact":
@@ -154,10 +155,10 @@ def curvature(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_e
     if kind == "gauss_newton":
         return gauss_newton(model, batches, loss_fn, dtype=dtype, damping=damping, **kw)
     if kind == "fisher":
-        from pruninglib.criteria.fisher import empirical_fisher
+        from pruninglib.curvature.fisher import empirical_fisher
         return empirical_fisher(model, batches, loss_fn, dtype=dtype, damping=damping, **kw)
     if kind == "kfac":
-        from pruninglib.criteria.kfac import kfac_factors, kfac_matrix
+        from pruninglib.curvature.kfac import kfac_factors, kfac_matrix
         _, spec = flatten_params(model)
         fac = kfac_factors(model, batches, loss_fn, dtype=dtype, **kw)
         return kfac_matrix(fac, spec, damping)

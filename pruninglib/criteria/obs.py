@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from pruninglib.criteria.base import Scores, register
 from pruninglib.criteria.obd import curvature, unit_groups
-from pruninglib.hessian import flatten_params
+from pruninglib.curvature.params import flatten_params
 
 __all__ = ["inverse_hessian", "obs_saliency", "obs_update", "sherman_morrison_remove", "obs_prune",
            "OBSPath", "group_obs_saliency", "group_obs_update", "woodbury_remove", "obs_prune_groups",

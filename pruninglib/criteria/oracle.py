@@ -20,7 +20,7 @@ copy per removed unit (copy :math:`j` has unit :math:`j`'s channel replaced by w
 consumer would see with that unit gated off). The part of the network before the consumer is
 never recomputed. This is exact whenever everything between a unit's gate and its consumer
 acts channel by channel (ReLU, pooling, dropout in eval mode, flatten), which holds for every
-chain model of :mod:`pruninglib.graph`; other models fall back to expanding at the layer's
+chain model of :mod:`pruninglib.core.graph`; other models fall back to expanding at the layer's
 output (``"host"``) or at the network input (``"input"``, e.g. ResNets), which are exact for
 any model whose examples do not interact (eval mode).
 """
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pruninglib.criteria.base import Scores, register
-from pruninglib.graph import PrunableLayer, prunable_layers
+from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["oracle", "oracle_loss_change", "naive_oracle_loss_change", "evaluate_loss",
            "CHANNELWISE_MODULES", "oracle_method"]
@@ -58,7 +58,7 @@ def _as_list(batches: Iterable) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _is_gate(m: nn.Module) -> bool:
-    return type(m).__name__ == "Gate" and type(m).__module__ == "pruninglib.gates"
+    return type(m).__name__ == "Gate" and type(m).__module__ == "pruninglib.core.gates"
 
 
 def _path_between(model: nn.Module, start: str, stop: str) -> list[nn.Module] | None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from pruninglib.criteria.base import Scores, register
-from pruninglib.graph import prunable_layers
+from pruninglib.core.graph import prunable_layers
 
 __all__ = ["random_scores"]
 

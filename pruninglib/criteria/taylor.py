@@ -55,8 +55,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jacrev, vmap
 
 from pruninglib.criteria.base import Scores, normalize_per_layer, register
-from pruninglib.gates import ActivationRecorder, Gate
-from pruninglib.graph import PrunableLayer, prunable_layers
+from pruninglib.core.gates import ActivationRecorder, Gate
+from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["taylor_2017", "taylor_2017_flops", "unit_flops", "GateTaylorStats",
            "gate_taylor_statistics", "gate_hessian_diag_exact", "taylor_fo_gate", "taylor_so_gate",
@@ -188,7 +188,7 @@ def taylor_2017_flops(model: nn.Module, batches: Iterable, loss_fn: Callable = F
 @contextmanager
 def temporary_gates(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear")) -> Iterator[dict[str, Gate]]:
     """Insert gates (value 1) on the layers that have none; remove only those on exit."""
-    from pruninglib.gates import insert_gates
+    from pruninglib.core.gates import insert_gates
 
     layers = prunable_layers(model, kinds)
     missing = [pl for pl in layers if not hasattr(pl.gate_host, "pl_gate")]

@@ -17,7 +17,7 @@ positions (He et al. 2017, Sec. 3.3: the original model's output is the target, 
 accumulated error). A bias (or, for a consumer followed by BatchNorm and without a bias,
 a shift of the BatchNorm's running mean) is fitted as an intercept.
 
-Layout used throughout (and by :mod:`pruninglib.selection`): a consumer with ``C`` input
+Layout used throughout (and by :mod:`pruninglib.methods.selection`): a consumer with ``C`` input
 channels and ``O`` outputs has its weight viewed as ``(O, C, K)`` and its sampled input as
 ``patches`` of shape ``(S, C, K)``: ``K = k*k`` for a ``k x k`` conv (one patch per output
 position, :func:`torch.nn.functional.unfold`), ``K = H*W`` for a Linear after a flatten of
@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pruninglib.graph import PrunableLayer, prunable_layers
+from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["LayerSample", "consumer_weight", "consumer_patches", "sample_layer", "least_squares_fit",
            "refit_consumer", "reconstruct_layer", "reconstruct", "ReconstructionReport", "relative_error"]
@@ -182,7 +182,7 @@ def sample_layer(model: nn.Module, layer: str, batches: Iterable, positions: int
 
     Args:
         model: the (possibly pruned) network; its consumer input gives ``patches``.
-        layer: name of the producer (a :func:`~pruninglib.graph.prunable_layers` name).
+        layer: name of the producer (a :func:`~pruninglib.core.graph.prunable_layers` name).
         batches: iterable of ``(x, y)`` or of ``x``.
         positions: sampled positions per image for a conv consumer (ThiNet uses 10;
             ``None``: every position).

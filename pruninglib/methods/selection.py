@@ -1,7 +1,7 @@
 r"""Which channels to keep: criteria scores, ThiNet, and LASSO channel selection.
 
 Every method here answers "which channels of layer :math:`l` stay, given how many may
-stay" (how many is :mod:`pruninglib.latency_search`'s question). Results are *kept index*
+stay" (how many is :mod:`pruninglib.methods.latency_search`'s question). Results are *kept index*
 maps ``{layer: LongTensor of original channel indices}``, turned into a pruned model by
 :func:`apply_kept`.
 
@@ -29,7 +29,7 @@ maps ``{layer: LongTensor of original channel indices}``, turned into a pruned m
 
   channels with :math:`\beta_c = 0` go. :math:`\lambda` is raised until at most :math:`c'`
   coefficients are non-zero (:func:`lasso_select`); the weights are then refitted by least
-  squares, Eq. (4) (:func:`pruninglib.reconstruction.reconstruct`).
+  squares, Eq. (4) (:func:`pruninglib.methods.reconstruction.reconstruct`).
 
 :func:`select_sequential` runs ThiNet or LASSO layer by layer from the input, each layer
 seeing the inputs of the network pruned so far.
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pruninglib.graph import prunable_layers
-from pruninglib.reconstruction import LayerSample, refit_consumer, sample_layer
-from pruninglib.surgery import prune_channels
+from pruninglib.core.graph import prunable_layers
+from pruninglib.methods.reconstruction import LayerSample, refit_consumer, sample_layer
+from pruninglib.core.surgery import prune_channels
 
 __all__ = ["Kept", "kept_from_scores", "kept_to_plan", "apply_kept", "thinet_contributions", "thinet_order", "thinet_select",
            "lasso_gram", "lasso_solve", "lasso_channel_mask", "lasso_select", "select_sequential",
@@ -81,7 +81,7 @@ def kept_from_scores(scores: Mapping[str, torch.Tensor], counts: Mapping[str, in
 
 
 def kept_to_plan(model: nn.Module, kept: Mapping[str, Sequence[int] | torch.Tensor]) -> dict[str, list[int]]:
-    """Turn kept indices into the ``{layer: indices to remove}`` plan of :func:`~pruninglib.surgery.prune_channels`."""
+    """Turn kept indices into the ``{layer: indices to remove}`` plan of :func:`~pruninglib.core.surgery.prune_channels`."""
     units = {pl.name: pl.num_units for pl in prunable_layers(model)}
     plan = {}
     for name, keep in kept.items():
@@ -147,7 +147,7 @@ def thinet_select(sample: LayerSample, n_keep: int, seed: int = 0) -> torch.Tens
     Removes the first :math:`C - n_\text{keep}` channels of :func:`thinet_order`.
 
     Args:
-        sample: the sampled consumer inputs (:func:`~pruninglib.reconstruction.sample_layer`).
+        sample: the sampled consumer inputs (:func:`~pruninglib.methods.reconstruction.sample_layer`).
         n_keep: channels to keep (at least 1).
         seed: seed of the random output channel per sample.
 

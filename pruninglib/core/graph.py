@@ -87,7 +87,7 @@ def _is_chain(model: nn.Module) -> bool:
 
 
 def _is_gate(m: nn.Module) -> bool:
-    return type(m).__name__ == "Gate" and type(m).__module__ == "pruninglib.gates"
+    return type(m).__name__ == "Gate" and type(m).__module__ == "pruninglib.core.gates"
 
 
 def _check_layer(name: str, m: nn.Module) -> None:

@@ -9,7 +9,7 @@
 Each selected notebook is executed with papermill (``MODE`` and the ``-p`` values are
 injected after its cell tagged ``parameters``) into ``runs/<timestamp>/``. The runner
 then writes ``summary.md`` and ``summary.json`` with the status, wall time and the
-numbers each notebook stored with :func:`pruninglib.record.record`. With ``--grid`` every
+numbers each notebook stored with :func:`pruninglib.run.record.record`. With ``--grid`` every
 combination of grid values is run for every notebook, and ``grid.csv``, ``grid.md`` and
 one ``grid_<key>.png`` figure per recorded number compare the combinations.
 
@@ -61,7 +61,7 @@ __all__ = [
 MODES: tuple[str, ...] = ("quick", "laptop", "paper")
 
 #: Repository root (the folder holding ``pruninglib/`` and ``notebooks/``).
-ROOT: Path = Path(__file__).resolve().parent.parent
+ROOT: Path = Path(__file__).resolve().parents[2]
 
 _LESSON_GLOB = "[0-9][0-9]_*.ipynb"
 _SUMMARY_KEYS = ("notebook", "params", "status", "seconds", "records", "error")
@@ -79,7 +79,7 @@ class RunResult:
         params: every parameter injected, ``MODE`` included.
         status: ``"ok"`` or ``"FAILED"``.
         seconds: wall time of the execution, kernel start-up included.
-        records: ``name -> value`` stored with :func:`pruninglib.record.record`.
+        records: ``name -> value`` stored with :func:`pruninglib.run.record.record`.
         error: ``"cell N: EName: message"`` for a failure, else ``None``.
         input_path: the source notebook.
         output_path: the executed notebook.
@@ -364,7 +364,7 @@ def _execute(task: _Task) -> RunResult:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from pruninglib.record import read_records
+    from pruninglib.run.record import read_records
 
     out = Path(task.output_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ A known failure of the original code: with a high ratio every scale of some laye
 below the global threshold, the layer is emptied, and the "pruned" network outputs a
 constant (0 % accuracy, or a crash). Here every layer keeps at least ``min_keep`` channels
 (its largest-:math:`|\\gamma|` ones); ``min_keep=0`` reproduces the failure, which
-:func:`pruninglib.surgery.prune_channels` then refuses with an error naming the layer.
+:func:`pruninglib.core.surgery.prune_channels` then refuses with an error naming the layer.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 
 from pruninglib.criteria.base import check_ratio
-from pruninglib.graph import prunable_layers
-from pruninglib.surgery import prune_channels
+from pruninglib.core.graph import prunable_layers
+from pruninglib.core.surgery import prune_channels
 
 __all__ = ["bn_l1_subgradient", "bn_l1_penalty", "bn_scales", "slimming_threshold", "slimming_plan",
            "threshold_from_scales", "plan_from_scales", "emptied_layers", "slim", "vgg_cfg_of", "vgg_param_count", "uniform_vgg_cfg"]
@@ -146,7 +146,7 @@ def slimming_plan(model: nn.Module, ratio: float, min_keep: int = 1) -> dict[str
     (the fix for the emptied-layer failure); with ``min_keep=0`` the plan may empty a layer.
 
     Returns:
-        ``{layer: [indices to remove]}`` for :func:`pruninglib.surgery.prune_channels`.
+        ``{layer: [indices to remove]}`` for :func:`pruninglib.core.surgery.prune_channels`.
     """
     return plan_from_scales(bn_scales(model), ratio, min_keep)
 

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from pruninglib.graph import PrunableLayer, prunable_layers
+from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["Gate", "insert_gates", "remove_gates", "get_gates", "list_units", "set_units",
            "zero_units", "reset_gates", "ActivationRecorder", "gated_units_masked"]
@@ -53,7 +53,7 @@ def insert_gates(model: nn.Module, layers: Sequence[PrunableLayer] | None = None
 
     Args:
         model: the model.
-        layers: which layers (default: all of :func:`~pruninglib.graph.prunable_layers`).
+        layers: which layers (default: all of :func:`~pruninglib.core.graph.prunable_layers`).
         kinds: layer kinds when ``layers`` is None.
 
     Returns:

@@ -10,7 +10,7 @@ Fisher block is :math:`E[(\bar h \bar h^\top) \otimes (\delta\delta^\top)]`, whi
 
 (expectation of a Kronecker product replaced by the Kronecker product of expectations; exact
 for one sample). Martens & Grosse use column-major :math:`\mathrm{vec}(W)`; PyTorch stores
-``W[out, in]`` row-major, so in the flat order of :mod:`pruninglib.hessian` the block is
+``W[out, in]`` row-major, so in the flat order of :mod:`pruninglib.curvature.hessian` the block is
 ``kron(G, A)``. Across layers K-FAC is block-diagonal: cross-layer curvature is dropped.
 
 Two versions of :math:`\delta`:
@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pruninglib.hessian import Batches, ParamSpec, as_batches
+from pruninglib.curvature.params import Batches, ParamSpec, as_batches
 
 __all__ = ["KFACFactors", "kfac_factors", "kfac_block", "kfac_matrix", "kfac_diag"]
 

@@ -20,226 +20,41 @@ parameters):
   2002, Eq. 7; Martens & Grosse 2015, Sec. 9.1). It drops the term
   :math:`\sum_c \partial\ell/\partial f_c \, \nabla^2_\theta f_c` of :math:`H`; for softmax
   cross-entropy it equals the (true) Fisher.
-* the empirical Fisher is in :mod:`pruninglib.criteria.fisher`, K-FAC in
-  :mod:`pruninglib.criteria.kfac`.
+* the empirical Fisher is in :mod:`pruninglib.curvature.fisher`, K-FAC in
+  :mod:`pruninglib.curvature.kfac`.
 
-:class:`ParamSpec` maps between the flat vector and the model's named parameters, so that
+:class:`~pruninglib.curvature.params.ParamSpec` maps between the flat vector and the model's named parameters, so that
 per-weight criteria can return dicts shaped like the parameters. :func:`minimize_full_batch`
 trains a small model to a stationary point (where :math:`g = 0`, so the first term of the
 expansion drops), which the criteria assume.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, grad, hessian, jacrev, vmap
+from torch.func import grad, hessian, jacrev, vmap
 from tqdm.auto import tqdm
 
-__all__ = ["ParamSpec", "param_spec", "flatten_params", "load_flat", "as_batches",
-           "flat_loss_fn", "loss_at", "gradient", "exact_hessian", "gauss_newton",
-           "add_damping", "relative_frobenius_error", "minimize_full_batch", "losses_at"]
+from pruninglib.curvature.params import (Batches, EvalMode, as_batches, cast_input, check_size, flat_loss_fn,
+                                         output_fn, setup_flat)
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """Where each named parameter lives in the flat vector.
-
-    Attributes:
-        names: parameter names in flattening order (``model.named_parameters()`` order).
-        shapes: their shapes.
-    """
-
-    names: tuple[str, ...]
-    shapes: tuple[torch.Size, ...]
-
-    @property
-    def numels(self) -> tuple[int, ...]:
-        """Number of entries of each parameter."""
-        return tuple(int(torch.Size(s).numel()) for s in self.shapes)
-
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        """Start of each parameter in the flat vector."""
-        out, k = [], 0
-        for n in self.numels:
-            out.append(k)
-            k += n
-        return tuple(out)
-
-    @property
-    def numel(self) -> int:
-        """Length of the flat vector."""
-        return sum(self.numels)
-
-    def slice(self, name: str) -> slice:
-        """The flat slice of parameter ``name``.
-
-        Raises:
-            KeyError: for a name not in the spec, listing the valid ones.
-        """
-        if name not in self.names:
-            raise KeyError(f"parameter {name!r} is not in this ParamSpec; it has {list(self.names)}")
-        i = self.names.index(name)
-        return slice(self.offsets[i], self.offsets[i] + self.numels[i])
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{name: view of flat shaped like the parameter}`` (works on any trailing-dim vector)."""
-        if flat.shape[-1] != self.numel:
-            raise ValueError(f"flat vector has {flat.shape[-1]} entries, the spec needs {self.numel}")
-        lead = flat.shape[:-1]
-        return {n: flat[..., o:o + k].reshape(*lead, *s)
-                for n, s, o, k in zip(self.names, self.shapes, self.offsets, self.numels)}
-
-    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Concatenate ``{name: tensor}`` (shaped like the parameters) into one flat vector."""
-        missing = [n for n in self.names if n not in tensors]
-        if missing:
-            raise KeyError(f"missing entries {missing} to flatten")
-        return torch.cat([tensors[n].reshape(-1) for n in self.names])
-
-    def mask(self, names: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
-        """A boolean flat mask, True on the entries of the parameters ``names``."""
-        m = torch.zeros(self.numel, dtype=torch.bool, device=device)
-        for n in names:
-            m[self.slice(n)] = True
-        return m
-
-    def locate(self, index: int) -> tuple[str, tuple[int, ...]]:
-        """``(parameter name, index inside it)`` of flat entry ``index``."""
-        if not 0 <= index < self.numel:
-            raise IndexError(f"flat index {index} outside [0, {self.numel})")
-        for n, s, o, k in zip(self.names, self.shapes, self.offsets, self.numels):
-            if index < o + k:
-                return n, tuple(int(i) for i in torch.unravel_index(torch.tensor(index - o), s))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-def param_spec(model: nn.Module, names: Sequence[str] | None = None) -> ParamSpec:
-    """The :class:`ParamSpec` of ``model``'s parameters (default: all that require grad).
-
-    Raises:
-        ValueError: for a name that is not a parameter of the model.
-    """
-    params = dict(model.named_parameters())
-    if names is None:
-        names = [n for n, p in params.items() if p.requires_grad]
-    unknown = [n for n in names if n not in params]
-    if unknown:
-        raise ValueError(f"{unknown} are not parameters of the model; it has {list(params)}")
-    return ParamSpec(tuple(names), tuple(params[n].shape for n in names))
-
-
-def flatten_params(model: nn.Module, names: Sequence[str] | None = None,
-                   dtype: torch.dtype | None = torch.float64) -> tuple[torch.Tensor, ParamSpec]:
-    """The model's parameters as one detached flat vector (a copy) and its :class:`ParamSpec`."""
-    spec = param_spec(model, names)
-    params = dict(model.named_parameters())
-    flat = torch.cat([params[n].detach().reshape(-1) for n in spec.names]).clone()
-    return (flat.to(dtype) if dtype is not None else flat), spec
-
-
-@torch.no_grad()
-def load_flat(model: nn.Module, flat: torch.Tensor, spec: ParamSpec) -> nn.Module:
-    """Copy the flat vector back into the model's parameters (in place, keeping their dtype)."""
-    params = dict(model.named_parameters())
-    for n, t in spec.unflatten(flat).items():
-        params[n].copy_(t.to(params[n].dtype))
-    return model
-
-
-def as_batches(batches: Batches | tuple[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Accept one ``(x, y)`` pair or an iterable of pairs; return a list of pairs.
-
-    Raises:
-        TypeError: for anything else.
-    """
-    if isinstance(batches, (tuple, list)) and len(batches) == 2 and all(torch.is_tensor(t) for t in batches):
-        return [(batches[0], batches[1])]
-    try:
-        out = [(x, y) for x, y in batches]
-    except (TypeError, ValueError) as e:
-        raise TypeError("batches must be an (x, y) pair of tensors or an iterable of (x, y) pairs "
-                        f"(a DataLoader works); got {type(batches).__name__}") from e
-    if not out:
-        raise ValueError("batches is empty: pass at least one (x, y) pair")
-    return out
-
-
-def _fixed_tensors(model: nn.Module, spec: ParamSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Parameters outside the spec and floating buffers, cast to ``dtype``."""
-    out = {n: p.detach().to(dtype) for n, p in model.named_parameters() if n not in spec.names}
-    for n, b in model.named_buffers():
-        out[n] = b.to(dtype) if b.is_floating_point() else b
-    return out
-
-
-def _cast(x: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    x = x.to(device)
-    return x.to(dtype) if x.is_floating_point() else x
-
-
-def flat_loss_fn(model: nn.Module, spec: ParamSpec, loss_fn: Callable = F.cross_entropy,
-                 dtype: torch.dtype = torch.float64) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``f(theta, x, y) -> loss_fn(model(x; theta), y)``: the model as a pure function of its
-    flat parameter vector (``torch.func.functional_call``), ready for ``grad``/``hessian``/``vmap``.
-
-    The model is run in its current train/eval mode; inputs are cast to ``dtype``.
-    """
-    fixed = _fixed_tensors(model, spec, dtype)
-
-    def f(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss_fn(functional_call(model, {**fixed, **spec.unflatten(theta)}, (x,)), y)
-
-    return f
-
-
-def _output_fn(model: nn.Module, spec: ParamSpec, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    fixed = _fixed_tensors(model, spec, dtype)
-
-    def f(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, {**fixed, **spec.unflatten(theta)}, (x,))
-
-    return f
-
-
-class _EvalMode:
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *a: object) -> None:
-        self.model.train(self.was)
-
-
-def _setup(model: nn.Module, params: Sequence[str] | None, theta: torch.Tensor | None,
-           dtype: torch.dtype) -> tuple[torch.Tensor, ParamSpec, torch.device]:
-    flat, spec = flatten_params(model, params, dtype)
-    device = next(model.parameters()).device
-    if theta is not None:
-        if theta.shape != (spec.numel,):
-            raise ValueError(f"theta has shape {tuple(theta.shape)}, expected ({spec.numel},)")
-        flat = theta.detach().to(dtype=dtype, device=device)
-    return flat.to(device), spec, device
+__all__ = ["loss_at", "losses_at", "gradient", "exact_hessian", "gauss_newton", "relative_frobenius_error",
+           "minimize_full_batch"]
 
 
 def loss_at(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Tensor],
             loss_fn: Callable = F.cross_entropy, theta: torch.Tensor | None = None,
             params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64) -> float:
     """Mean loss over all samples of ``batches`` at ``theta`` (default: the model's weights)."""
-    flat, spec, device = _setup(model, params, theta, dtype)
+    flat, spec, device = setup_flat(model, params, theta, dtype)
     f = flat_loss_fn(model, spec, loss_fn, dtype)
     total, n = 0.0, 0
-    with _EvalMode(model), torch.no_grad():
+    with EvalMode(model), torch.no_grad():
         for x, y in as_batches(batches):
-            total += float(f(flat, _cast(x, dtype, device), y.to(device))) * len(y)
+            total += float(f(flat, cast_input(x, dtype, device), y.to(device))) * len(y)
             n += len(y)
     return total / n
 
@@ -251,14 +66,14 @@ def losses_at(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Ten
 
     Used to measure the *actual* loss change of deleting each weight in turn.
     """
-    _, spec, device = _setup(model, params, None, dtype)
+    _, spec, device = setup_flat(model, params, None, dtype)
     if thetas.dim() != 2 or thetas.shape[1] != spec.numel:
         raise ValueError(f"thetas must be [K, {spec.numel}], got {tuple(thetas.shape)}")
     f = flat_loss_fn(model, spec, loss_fn, dtype)
-    batches = [(_cast(x, dtype, device), y.to(device)) for x, y in as_batches(batches)]
+    batches = [(cast_input(x, dtype, device), y.to(device)) for x, y in as_batches(batches)]
     n = sum(len(y) for _, y in batches)
     out = torch.zeros(len(thetas), dtype=dtype)
-    with _EvalMode(model), torch.no_grad():
+    with EvalMode(model), torch.no_grad():
         for i in tqdm(range(0, len(thetas), chunk_size), desc="losses", disable=not progress, leave=False):
             th = thetas[i:i + chunk_size].to(device=device, dtype=dtype)
             acc = torch.zeros(len(th), dtype=dtype, device=device)
@@ -272,12 +87,12 @@ def gradient(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Tens
              loss_fn: Callable = F.cross_entropy, theta: torch.Tensor | None = None,
              params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     r"""The flat gradient :math:`g = \nabla_\theta L` of the mean loss (``torch.func.grad``)."""
-    flat, spec, device = _setup(model, params, theta, dtype)
+    flat, spec, device = setup_flat(model, params, theta, dtype)
     f = flat_loss_fn(model, spec, loss_fn, dtype)
     g, n = torch.zeros_like(flat), 0
-    with _EvalMode(model):
+    with EvalMode(model):
         for x, y in as_batches(batches):
-            g += grad(f)(flat, _cast(x, dtype, device), y.to(device)) * len(y)
+            g += grad(f)(flat, cast_input(x, dtype, device), y.to(device)) * len(y)
             n += len(y)
     return g / n
 
@@ -314,15 +129,15 @@ def exact_hessian(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch
     Raises:
         ValueError: for too many parameters or a negative damping.
     """
-    flat, spec, device = _setup(model, params, theta, dtype)
-    _check_size(spec.numel, max_params)
+    flat, spec, device = setup_flat(model, params, theta, dtype)
+    check_size(spec.numel, max_params)
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
     f = flat_loss_fn(model, spec, loss_fn, dtype)
     H, n = torch.zeros(spec.numel, spec.numel, dtype=dtype, device=device), 0
-    with _EvalMode(model):
+    with EvalMode(model):
         for x, y in tqdm(as_batches(batches), desc="Hessian", disable=not progress, leave=False):
-            x, y = _cast(x, dtype, device), y.to(device)
+            x, y = cast_input(x, dtype, device), y.to(device)
             fb = lambda t: f(t, x, y)  # noqa: E731
             Hb = hessian(fb)(flat) if chunk_size is None else jacrev(jacrev(fb), chunk_size=chunk_size)(flat)
             H.add_(Hb.detach(), alpha=len(y))
@@ -352,14 +167,14 @@ def gauss_newton(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.
         sample_chunk: samples per vectorised Jacobian (memory ``chunk x outputs x P``).
         (others as in :func:`exact_hessian`.)
     """
-    flat, spec, device = _setup(model, params, theta, dtype)
-    _check_size(spec.numel, max_params)
-    out_fn = _output_fn(model, spec, dtype)
+    flat, spec, device = setup_flat(model, params, theta, dtype)
+    check_size(spec.numel, max_params)
+    out_fn = output_fn(model, spec, dtype)
     per_out = lambda o, y: loss_fn(o.unsqueeze(0), y.unsqueeze(0))  # noqa: E731
     G, n = torch.zeros(spec.numel, spec.numel, dtype=dtype, device=device), 0
-    with _EvalMode(model):
+    with EvalMode(model):
         for x, y in tqdm(as_batches(batches), desc="Gauss-Newton", disable=not progress, leave=False):
-            x, y = _cast(x, dtype, device), y.to(device)
+            x, y = cast_input(x, dtype, device), y.to(device)
             for i in range(0, len(y), sample_chunk):
                 xs, ys = x[i:i + sample_chunk], y[i:i + sample_chunk]
                 J = vmap(jacrev(out_fn), in_dims=(None, 0))(flat, xs.unsqueeze(1)).flatten(1, -2)  # [n, C, P]
@@ -388,27 +203,11 @@ def _symmetrize_(M: torch.Tensor, block: int = 1024) -> torch.Tensor:
     return M
 
 
-def add_damping(M: torch.Tensor, damping: float) -> torch.Tensor:
-    r""":math:`M + \lambda I` (a new tensor; ``M`` is returned unchanged when ``damping == 0``)."""
-    if damping < 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
-    if damping == 0:
-        return M
-    return M + damping * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-
-
 def relative_frobenius_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     r""":math:`\lVert \tilde H - H\rVert_F / \lVert H \rVert_F`."""
     if approx.shape != exact.shape:
         raise ValueError(f"shapes differ: {tuple(approx.shape)} vs {tuple(exact.shape)}")
     return float(torch.linalg.matrix_norm(approx - exact) / torch.linalg.matrix_norm(exact))
-
-
-def _check_size(p: int, max_params: int) -> None:
-    if p > max_params:
-        raise ValueError(f"the model has {p} parameters; a dense {p}x{p} curvature matrix needs "
-                         f"{p * p * 8 / 2**30:.1f} GiB in float64. Use a smaller model, restrict "
-                         f"`params=` to some layers, or raise max_params (now {max_params}).")
 
 
 def minimize_full_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

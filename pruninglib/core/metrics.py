@@ -32,7 +32,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224),
         input_size: shape of the example input (batch first) when ``example`` is None.
         example: an example input.
         nonzero_only: count only the non-zero weights (the MACs a sparse kernel that skips zeros
-            would do; :func:`pruninglib.unstructured.sparse_macs`).
+            would do; :func:`pruninglib.methods.unstructured.sparse_macs`).
     """
     total = 0
 

@@ -40,9 +40,9 @@ import torch
 import torch.nn as nn
 
 from pruninglib.criteria import get_criterion
-from pruninglib.graph import prunable_layers
-from pruninglib.metrics import count_macs, count_parameters
-from pruninglib.surgery import prune_channels
+from pruninglib.core.graph import prunable_layers
+from pruninglib.core.metrics import count_macs, count_parameters
+from pruninglib.core.surgery import prune_channels
 
 __all__ = [
     "VGG16_A_CFG", "RESNET56_SKIP", "RESNET56_RATIOS", "PAPER_FLOPS_PRUNED", "PAPER_PARAMS_PRUNED",
@@ -144,12 +144,12 @@ def l1_keep_plan(model: nn.Module, widths: Sequence[int] | Mapping[str, int],
     sort, and prune the filters with the smallest sums.
 
     Args:
-        model: a model :func:`pruninglib.graph.prunable_layers` understands.
+        model: a model :func:`pruninglib.core.graph.prunable_layers` understands.
         widths: target width per prunable conv, in forward order (a list) or by name.
         criterion: any registered criterion (``"weight_l1"`` for Li et al.).
 
     Returns:
-        ``{layer: [indices to remove]}`` for :func:`pruninglib.surgery.prune_channels`.
+        ``{layer: [indices to remove]}`` for :func:`pruninglib.core.surgery.prune_channels`.
     """
     layers = prunable_layers(model, ("conv",))
     if isinstance(widths, Mapping):

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pruninglib.criteria.base import Scores, lowest_units
-from pruninglib.gates import get_gates, insert_gates, set_units
-from pruninglib.graph import prunable_layers
+from pruninglib.core.gates import get_gates, insert_gates, set_units
+from pruninglib.core.graph import prunable_layers
 
 __all__ = ["ImportanceAccumulator", "IterativePruner", "scaled_per_step", "select_lowest",
            "GreedyResult", "greedy_prune", "greedy_scorer", "ONLINE_CRITERIA", "non_gate_parameters"]
@@ -236,9 +236,9 @@ class IterativePruner:
         set_units(model, self.removed, 0.0)
 
     def finalize(self, model: nn.Module) -> nn.Module:
-        """Remove the gates and cut the pruned units out with :func:`pruninglib.surgery.prune_units`."""
-        from pruninglib.gates import remove_gates
-        from pruninglib.surgery import prune_units
+        """Remove the gates and cut the pruned units out with :func:`pruninglib.core.surgery.prune_units`."""
+        from pruninglib.core.gates import remove_gates
+        from pruninglib.core.surgery import prune_units
 
         remove_gates(model)
         if self.removed:

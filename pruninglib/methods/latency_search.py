@@ -44,9 +44,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pruninglib.graph import prunable_layers
-from pruninglib.metrics import time_runs
-from pruninglib.surgery import prune_channels
+from pruninglib.core.graph import prunable_layers
+from pruninglib.core.metrics import time_runs
+from pruninglib.core.surgery import prune_channels
 
 __all__ = ["MacsModel", "uniform_counts", "global_counts", "width_grid", "LatencyTable",
            "build_latency_table", "time_module", "compare_latency", "netadapt_search", "SearchResult"]
@@ -93,7 +93,7 @@ class MacsModel:
 
     Each Conv2d costs :math:`H_\text{out} W_\text{out} k^2 \, c_\text{in} c_\text{out}` and each Linear
     :math:`f \, c_\text{in} c_\text{out}` (``f`` inputs per channel after a flatten), the
-    convention of :func:`pruninglib.metrics.count_macs`, which it matches exactly.
+    convention of :func:`pruninglib.core.metrics.count_macs`, which it matches exactly.
 
     Args:
         model: a chain model (unpruned or pruned; its current widths are the full ones).

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from pruninglib.graph import PrunableLayer, prunable_layers
+from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["prune_channels", "prune_units", "channel_counts", "units_to_plan"]
 
@@ -89,7 +89,7 @@ def prune_channels(model: nn.Module, plan: Mapping[str, Sequence[int]]) -> nn.Mo
     """Remove output channels from the layers named in ``plan``, in place.
 
     Args:
-        model: a model :func:`~pruninglib.graph.prunable_layers` understands.
+        model: a model :func:`~pruninglib.core.graph.prunable_layers` understands.
         plan: ``{producer name: indices to remove}``; indices refer to the layer's current
             channels. Layers not named keep all their channels.
 

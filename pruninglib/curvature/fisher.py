@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch.func import grad, vmap
 from tqdm.auto import tqdm
 
-from pruninglib.hessian import (Batches, _cast, _check_size, _EvalMode, _setup, add_damping,
-                                as_batches, flat_loss_fn)
+from pruninglib.curvature.params import (Batches, EvalMode, add_damping, as_batches, cast_input, check_size,
+                                         flat_loss_fn, setup_flat)
 
 __all__ = ["per_sample_grads", "empirical_fisher", "empirical_fisher_diag"]
 
@@ -37,11 +37,11 @@ def per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     Args:
         loss_fn: a mean-reduced loss; it is applied to one sample at a time.
     """
-    flat, spec, device = _setup(model, params, theta, dtype)
+    flat, spec, device = setup_flat(model, params, theta, dtype)
     f = flat_loss_fn(model, spec, loss_fn, dtype)
     one = lambda t, xi, yi: f(t, xi.unsqueeze(0), yi.unsqueeze(0))  # noqa: E731
-    with _EvalMode(model):
-        return vmap(grad(one), in_dims=(None, 0, 0))(flat, _cast(x, dtype, device), y.to(device))
+    with EvalMode(model):
+        return vmap(grad(one), in_dims=(None, 0, 0))(flat, cast_input(x, dtype, device), y.to(device))
 
 
 def empirical_fisher(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Tensor],
@@ -55,10 +55,10 @@ def empirical_fisher(model: nn.Module, batches: Batches | tuple[torch.Tensor, to
         batches: one ``(x, y)`` pair or an iterable of pairs.
         damping: :math:`\lambda`.
         sample_chunk: samples per ``vmap`` call.
-        (others as in :func:`pruninglib.hessian.exact_hessian`.)
+        (others as in :func:`pruninglib.curvature.hessian.exact_hessian`.)
     """
-    flat, spec, device = _setup(model, params, theta, dtype)
-    _check_size(spec.numel, max_params)
+    flat, spec, device = setup_flat(model, params, theta, dtype)
+    check_size(spec.numel, max_params)
     F_, n = torch.zeros(spec.numel, spec.numel, dtype=dtype, device=device), 0
     for x, y in tqdm(as_batches(batches), desc="Fisher", disable=not progress, leave=False):
         for i in range(0, len(y), sample_chunk):
@@ -74,7 +74,7 @@ def empirical_fisher_diag(model: nn.Module, batches: Batches | tuple[torch.Tenso
                           params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64,
                           sample_chunk: int = 1024) -> torch.Tensor:
     r"""Only the diagonal :math:`\frac1N\sum_n g_n^2` (``[P]``): what OBD needs, for any model size."""
-    flat, spec, device = _setup(model, params, theta, dtype)
+    flat, spec, device = setup_flat(model, params, theta, dtype)
     d, n = torch.zeros(spec.numel, dtype=dtype, device=device), 0
     for x, y in as_batches(batches):
         for i in range(0, len(y), sample_chunk):

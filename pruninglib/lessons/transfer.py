@@ -16,7 +16,7 @@ Networks for Resource Efficient Inference", to VGG16 fine-tuned on Kaggle's Dogs
    (the registered criterion ``"taylor_2017"``, called here with ``kinds=("conv",)`` and
    ``normalize=True``).
 3. **Prune.** Remove the :math:`n` globally lowest-ranked filters physically
-   (:mod:`pruninglib.surgery`: the filter, the next conv's input channel, or the first
+   (:mod:`pruninglib.core.surgery`: the filter, the next conv's input channel, or the first
    Linear's :math:`7\times 7` block of inputs after the last conv).
 4. **Fine-tune** all layers, and repeat 2-4 (Molchanov et al. 2017, Algorithm in Sec. 2).
 
@@ -43,10 +43,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from pruninglib.criteria import Scores, get_criterion, lowest_units, normalize_per_layer
-from pruninglib.gates import insert_gates, zero_units
-from pruninglib.graph import prunable_layers
-from pruninglib.metrics import LatencyResult, count_macs, count_parameters, measure_latency, size_on_disk
-from pruninglib.surgery import prune_units
+from pruninglib.core.gates import insert_gates, zero_units
+from pruninglib.core.graph import prunable_layers
+from pruninglib.core.metrics import LatencyResult, count_macs, count_parameters, measure_latency, size_on_disk
+from pruninglib.core.surgery import prune_units
 from pruninglib.train import fit, make_loader
 
 __all__ = [
@@ -367,7 +367,7 @@ def _on(model: nn.Module, device: torch.device) -> nn.Module:
 
 def cpu_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, repeats: int = 10,
                 threads: int | None = 1) -> LatencyResult:
-    """:func:`pruninglib.metrics.measure_latency` timed by the thread's CPU time (``clock="cpu"``).
+    """:func:`pruninglib.core.metrics.measure_latency` timed by the thread's CPU time (``clock="cpu"``).
 
     Runs on one CPU thread (``threads`` other than 1 is refused: the CPU time of helper
     threads would not be counted), so ``time.thread_time`` around ``model(example)`` is the
@@ -392,13 +392,13 @@ def measure_model(model: nn.Module, size: int = 224, batch: int = 32, throughput
         batch: batch size for the throughput measurement.
         throughput_size: input side for throughput (default ``size``).
         devices: where to time (``"cpu"``, ``"cuda"``); keys get the device type as suffix.
-        repeats, warmup: see :func:`pruninglib.metrics.measure_latency` (the median is kept).
+        repeats, warmup: see :func:`pruninglib.core.metrics.measure_latency` (the median is kept).
         with_size: serialise the state dict to count bytes (costs ~1 s for VGG16).
         stat: ``"median"`` (the usual number to quote) or ``"min"`` (the fastest repeat: the
             least disturbed by other processes on a shared machine, as ``timeit`` advises).
         threads: CPU threads for the timing (``None``: torch's current setting). On a busy
             machine one thread gives far steadier times: threads of one op wait for each other.
-        clock: ``"wall"`` (:func:`pruninglib.metrics.measure_latency`) or ``"cpu"``: on the CPU,
+        clock: ``"wall"`` (:func:`pruninglib.core.metrics.measure_latency`) or ``"cpu"``: on the CPU,
             with one thread, the *thread's CPU time* per forward pass (``time.thread_time``) --
             what an otherwise idle core would take; other processes on a shared machine do not
             inflate it. GPUs are always timed by the wall clock.
@@ -522,7 +522,7 @@ def part_shares(model: nn.Module, size: int = 224, times: Mapping[str, float] | 
 
     def hook(name: str):
         def h(m: nn.Module, i: tuple, o: torch.Tensor) -> None:
-            if isinstance(m, nn.Conv2d):  # same convention as pruninglib.metrics.count_macs
+            if isinstance(m, nn.Conv2d):  # same convention as pruninglib.core.metrics.count_macs
                 kh, kw = m.kernel_size
                 n = o.shape[2] * o.shape[3] * m.out_channels * (m.in_channels // m.groups) * kh * kw
             else:

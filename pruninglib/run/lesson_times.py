@@ -1,7 +1,7 @@
 """Lesson timings taken from run summaries, never guessed.
 
 Every lesson's first Markdown cell carries a line ``**Time on a 2-core CPU.** ...``.
-``python -m pruninglib.timings`` rewrites that line from the newest successful run of each
+``python -m pruninglib.run.lesson_times`` rewrites that line from the newest successful run of each
 lesson in each mode found in ``runs/*/summary.json`` (written by :mod:`pruninglib.run`),
 naming the run it came from.
 """
@@ -17,7 +17,7 @@ import nbformat
 
 __all__ = ["latest_timings", "timing_line", "update_notebooks", "main"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^\*\*Time on a 2-core CPU\.\*\*.*$", re.M)
 ENTRY = re.compile(r"\b(quick|laptop|paper) ([0-9.]+) min \(run ([^)\s]+)\)")
 
@@ -74,7 +74,7 @@ def update_notebooks(notebooks: Path = ROOT / "notebooks", runs: Path = ROOT / "
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pruninglib.timings", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pruninglib.run.lesson_times", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
     ap.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
     a = ap.parse_args(argv)

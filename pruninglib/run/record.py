@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["MIME_TYPE", "record", "read_records", "to_jsonable"]
 
-MIME_TYPE = "application/vnd.pruninglib.record+json"
+MIME_TYPE = "application/vnd.pruninglib.run.record+json"
 
 
 def to_jsonable(value: Any) -> Any:

@@ -119,8 +119,8 @@ def sparse_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32),
                 example: torch.Tensor | None = None) -> int:
     """MACs per sample if zero weights were skipped: each conv contributes
     :math:`H_{out} W_{out} \\cdot \\mathrm{nnz}(W)`, each Linear :math:`\\mathrm{nnz}(W)`
-    (the dense count of :func:`pruninglib.metrics.count_macs` with the weight count replaced by
+    (the dense count of :func:`pruninglib.core.metrics.count_macs` with the weight count replaced by
     its non-zeros). A theoretical number: dense hardware does not get faster."""
-    from pruninglib.metrics import count_macs
+    from pruninglib.core.metrics import count_macs
 
     return count_macs(model, input_size, example, nonzero_only=True)

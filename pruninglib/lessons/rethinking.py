@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from pruninglib.cache import cache_key
 from pruninglib.checkpoint import load_checkpoint, save_checkpoint
-from pruninglib.metrics import count_macs, count_parameters
+from pruninglib.core.metrics import count_macs, count_parameters
 from pruninglib.models import CifarResNet, CifarVGG, build_model
 from pruninglib.train import evaluate, make_loader, train_epoch
 
@@ -63,7 +63,7 @@ def scratch_b_epochs(epochs: int, macs_full: float, macs_pruned: float,
 
     Args:
         epochs: :math:`E`, the large model's (and Scratch-E's) epochs.
-        macs_full: FLOPs (MACs) per sample of the large model (:func:`pruninglib.metrics.count_macs`).
+        macs_full: FLOPs (MACs) per sample of the large model (:func:`pruninglib.core.metrics.count_macs`).
         macs_pruned: the same for the pruned model.
         max_factor: optional cap on :math:`E_B / E` (e.g. 2 when a model saves a lot of FLOPs
             and the full budget would be impractical); ``None`` = no cap, as in the paper's code.
@@ -297,7 +297,7 @@ def train_resumable(model: nn.Module, train_set: Dataset, epochs: int, lr: float
     path = Path(ckpt_path) if ckpt_path is not None else None
     if path is not None and path.exists():
         state = load_checkpoint(path, map_location=device)
-        if state.get("format") != "pruninglib.rethinking.train/1" or state.get("signature") != sig:
+        if state.get("format") != "pruninglib.lessons.rethinking.train/1" or state.get("signature") != sig:
             raise ValueError(f"checkpoint {path} was written with other settings "
                              f"({state.get('signature')} instead of {sig}); delete it or pass another ckpt_path")
         model.load_state_dict(state["model"])
@@ -324,7 +324,7 @@ def train_resumable(model: nn.Module, train_set: Dataset, epochs: int, lr: float
             row["val_accuracy"] = evaluate(model, eval_loader)["accuracy"]
         history.append(row)
         if path is not None:
-            save_checkpoint({"format": "pruninglib.rethinking.train/1", "signature": sig, "epoch": epoch + 1,
+            save_checkpoint({"format": "pruninglib.lessons.rethinking.train/1", "signature": sig, "epoch": epoch + 1,
                              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "history": history}, path)
     return history
@@ -340,13 +340,13 @@ def fresh_like(model: nn.Module, seed: int) -> nn.Module:
     from their current widths with :func:`pruninglib.models.build_model` (so they get the
     models' own initialisation and a ``pl_config``); other models are deep-copied and every
     submodule's ``reset_parameters()`` is called. ``torch.nn.utils.prune`` masks are not copied
-    (use :func:`pruninglib.unstructured.apply_masks`). Returned on ``model``'s device.
+    (use :func:`pruninglib.methods.unstructured.apply_masks`). Returned on ``model``'s device.
     """
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if isinstance(model, CifarVGG):
-            from pruninglib.slimming import vgg_cfg_of
+            from pruninglib.methods.slimming import vgg_cfg_of
 
             bn = any(isinstance(m, nn.BatchNorm2d) for m in model.features)
             first = next(m for m in model.features if isinstance(m, nn.Conv2d))
@@ -367,8 +367,8 @@ def fresh_like(model: nn.Module, seed: int) -> nn.Module:
 
 
 def _arch_summary(model: nn.Module, input_size: tuple[int, ...], sparse: bool = False) -> dict[str, Any]:
-    from pruninglib.graph import prunable_layers
-    from pruninglib.unstructured import sparse_macs, sparsity
+    from pruninglib.core.graph import prunable_layers
+    from pruninglib.methods.unstructured import sparse_macs, sparsity
 
     out = {"macs": count_macs(model, input_size), "params": count_parameters(model),
            "widths": [pl.num_units for pl in prunable_layers(model, ("conv",))]}
@@ -379,7 +379,7 @@ def _arch_summary(model: nn.Module, input_size: tuple[int, ...], sparse: bool = 
         dense_w = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         out["params_nonzero"] = out["params"] - dense_w + nz
     if isinstance(model, CifarVGG):
-        from pruninglib.slimming import vgg_cfg_of
+        from pruninglib.methods.slimming import vgg_cfg_of
 
         out["cfg"] = vgg_cfg_of(model)
     return out
@@ -431,9 +431,9 @@ def run_experiment(exp: Experiment, protocol: Protocol, train_set: Dataset, test
         with accuracies in [0, 1], MACs, parameters, widths, epochs, histories and ``seconds``
         (the measured training time, summed over the epochs, so it survives a resume).
     """
-    from pruninglib.l1_filters import prune_to_widths, target_widths
-    from pruninglib.slimming import bn_l1_subgradient, bn_scales, slim, uniform_vgg_cfg, vgg_param_count
-    from pruninglib.unstructured import apply_masks, get_masks, magnitude_prune
+    from pruninglib.methods.l1_filters import prune_to_widths, target_widths
+    from pruninglib.methods.slimming import bn_l1_subgradient, bn_scales, slim, uniform_vgg_cfg, vgg_param_count
+    from pruninglib.methods.unstructured import apply_masks, get_masks, magnitude_prune
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     say = log or (lambda s: None)
@@ -512,7 +512,7 @@ def run_experiment(exp: Experiment, protocol: Protocol, train_set: Dataset, test
             if arm == "uniform_e":
                 if not isinstance(large, CifarVGG):
                     raise ValueError("the uniform_e arm is implemented for CifarVGG models")
-                from pruninglib.slimming import vgg_cfg_of
+                from pruninglib.methods.slimming import vgg_cfg_of
 
                 first = next(mm for mm in large.features if isinstance(mm, nn.Conv2d))
                 ncls = large.classifier[-1].out_features
@@ -632,7 +632,7 @@ def paper_experiments(in_channels: int = 3, num_classes: int = 10,
                       include: Sequence[str] = ("vgg16_a", "resnet56_a", "resnet56_b", "vgg19_slim")) -> list[Experiment]:
     """The paper-mode experiments: VGG-16-A, ResNet-56-A/B (L1-norm, Li et al. 2017) and VGG-19
     with Network Slimming at 70 % (s = 1e-4), on CIFAR-10 at the paper's widths."""
-    from pruninglib.l1_filters import predefined_target
+    from pruninglib.methods.l1_filters import predefined_target
 
     exps = []
     for name in include:
