@@ -5,8 +5,7 @@ Conventions (``bench/RESULTS.md`` states them too):
 
 * every ratio (pruned vs unpruned, ours vs a peer) is taken in ONE process, with the models
   timed back to back and *interleaved* (one forward of each model per round), so a load change
-  on a shared machine hits all of them alike; :func:`interleaved_latency` does that with
-  :func:`pruninglib.core.metrics.measure_latency`;
+  on a shared machine hits all of them alike (:func:`pruninglib.core.metrics.interleaved_latency`);
 * a latency is quoted as the median of the repeats, with the min and max beside it.
 """
 from __future__ import annotations
@@ -17,7 +16,6 @@ import math
 import numbers
 import os
 import platform
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +25,9 @@ import torch
 import torch.nn as nn
 
 from pruninglib.criteria import get_criterion
-from pruninglib.core.metrics import LatencyResult, measure_latency
+from pruninglib.core.metrics import LatencyResult
 from pruninglib.core.surgery import prune_channels
+from pruninglib.tables import markdown_table
 from pruninglib.utils import describe_device, get_device
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "fmt_latency",
     "fmt_ms",
     "fmt_num",
-    "interleaved_latency",
     "md_table",
     "nonzero_parameters",
     "pruned_copy",
@@ -100,36 +98,13 @@ def fmt_bytes_mb(n: int) -> str:
     return f"{n / 1e6:.3g}"
 
 
-def _cell(x: Any) -> str:
-    return fmt_num(x).replace("|", "\\|").replace("\n", " ")
-
-
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
              align: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table.
-
-    Args:
-        headers: the column titles.
-        rows: one sequence of cells per row (numbers are formatted by :func:`fmt_num`).
-        align: ``"l"``/``"r"``/``"c"`` per column (default: left for the first, right for
-            the others).
-
-    Raises:
-        ValueError: a row with a different number of cells than ``headers``.
-    """
+    """:func:`pruninglib.tables.markdown_table` with the bench's conventions: numbers formatted by
+    :func:`fmt_num`, the first column left-aligned and the others right-aligned (unless ``align``)."""
     headers = list(headers)
     align = list(align) if align is not None else ["l"] + ["r"] * (len(headers) - 1)
-    if len(align) != len(headers):
-        raise ValueError(f"align has {len(align)} entries for {len(headers)} columns")
-    sep = {"l": "---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |",
-             "|" + "|".join(sep[a] for a in align) + "|"]
-    for i, row in enumerate(rows):
-        row = list(row)
-        if len(row) != len(headers):
-            raise ValueError(f"row {i} has {len(row)} cells, the table has {len(headers)} columns")
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
-    return "\n".join(lines)
+    return markdown_table(list(rows), headers=headers, align=align, fmt=fmt_num)
 
 
 # ------------------------------------------------------------------------ environment
@@ -185,41 +160,6 @@ def time_call(fn: Callable[[], Any], repeats: int = 1) -> tuple[list[float], Any
         out = fn()
         times.append(time.perf_counter() - t0)
     return times, out
-
-
-def interleaved_latency(models: Mapping[str, nn.Module], example: torch.Tensor, warmup: int = 1,
-                        repeats: int = 5, threads: int | None = None) -> dict[str, LatencyResult]:
-    """Latency of several models on the same input, measured in interleaved rounds.
-
-    Each model first gets ``warmup`` untimed runs; then every round times ONE forward pass of
-    each model in turn (:func:`pruninglib.core.metrics.measure_latency` with ``repeats=1``), so
-    slow drifts of the machine's load affect every model equally. Ratios of the medians are
-    therefore fair even on a shared machine.
-
-    Args:
-        models: ``label -> model`` (already on ``example``'s device).
-        example: the input batch.
-        warmup: untimed runs per model.
-        repeats: timed rounds.
-        threads: passed to ``measure_latency``.
-
-    Returns:
-        ``label -> LatencyResult`` with the median, min and max over the rounds.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    times: dict[str, list[float]] = {k: [] for k in models}
-    last: dict[str, LatencyResult] = {}
-    for k, m in models.items():
-        if warmup > 0:
-            measure_latency(m, example, warmup=warmup - 1, repeats=1, threads=threads)
-    for _ in range(repeats):
-        for k, m in models.items():
-            r = measure_latency(m, example, warmup=0, repeats=1, threads=threads)
-            times[k].append(r.median_s)
-            last[k] = r
-    return {k: LatencyResult(statistics.median(v), min(v), max(v), len(v), last[k].batch_size,
-                             last[k].threads, last[k].device) for k, v in times.items()}
 
 
 # ---------------------------------------------------------------------------- pruning

@@ -39,7 +39,7 @@ def _cpu() -> float:
 
 def _data(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     try:
-        from pruninglib.lessons.correlation import load_tensors
+        from pruninglib.data import load_tensors
 
         ds = load_tensors("fashion_mnist", "train", n_per_class=max(1, n // 10), seed=0)
         return ds.tensors[0][:n], ds.tensors[1][:n], "Fashion-MNIST training images"

@@ -19,7 +19,7 @@ The same model, the same plan (Li et al. 2017, Sec. 3.1: the filters of lowest L
 
 Both physical methods are timed on the pruning step itself (a fresh copy of the model each
 repeat; Torch-Pruning's time includes building its dependency graph, which it needs). All
-resulting models are then timed in interleaved rounds (:func:`bench.common.interleaved_latency`).
+resulting models are then timed in interleaved rounds (:func:`pruninglib.core.metrics.interleaved_latency`).
 For the ResNet the BatchNorm statistics are randomised first, so a wrong BatchNorm slice would
 show in the check. Torch-Pruning is optional: without it that row is skipped with a hint.
 """
@@ -34,12 +34,13 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
-from bench.common import (TP_INSTALL_HINT, fmt_bytes_mb, fmt_latency, fmt_ms, interleaved_latency,
+from bench.common import (TP_INSTALL_HINT, fmt_bytes_mb, fmt_latency, fmt_ms,
                           md_table, nonzero_parameters, randomize_batchnorm, time_call,
                           torch_pruning_or_none, uniform_filter_plan, vgg16_narrow)
 from pruninglib import models as M
-from pruninglib.core.metrics import count_parameters, size_on_disk
+from pruninglib.core.metrics import count_parameters, interleaved_latency, size_on_disk
 from pruninglib.core.surgery import prune_channels
+from pruninglib.methods.unstructured import remove_masks
 from pruninglib.utils import get_device, set_seed
 
 __all__ = ["TOLERANCE", "PeerSpec", "FULL_SPECS", "QUICK_SPECS", "METHODS", "run",
@@ -100,13 +101,6 @@ def _masked_filters(model: nn.Module, plan: dict[str, Sequence[int]]) -> dict[st
         out[name] = [] if mask is None else (
             (mask.flatten(1).sum(1) == 0).nonzero().flatten().cpu().tolist())
     return out
-
-
-def _remove_masks(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if tprune.is_pruned(m) and hasattr(m, "weight_mask"):
-            tprune.remove(m, "weight")
-    return model
 
 
 def prune_torch_pruning(model: nn.Module, plan: dict[str, Sequence[int]], example: torch.Tensor,
@@ -175,7 +169,7 @@ def _bench_model(spec: PeerSpec, device: torch.device, tp: Any, seed: int = 0) -
     models[METHODS[2]] = m.eval()
     rows[METHODS[2]] = {"prune": _stats(times), "same_filters": same}
     # (a masked model cannot be deep-copied: its ``weight`` is a computed, non-leaf tensor)
-    models[METHODS[3]] = _remove_masks(prune_torch_utils(fresh(), plan)).eval()
+    models[METHODS[3]] = remove_masks(prune_torch_utils(fresh(), plan)).eval()
     rows[METHODS[3]] = {"same_filters": same}
 
     # Torch-Pruning
@@ -193,7 +187,7 @@ def _bench_model(spec: PeerSpec, device: torch.device, tp: Any, seed: int = 0) -
     with torch.no_grad():
         outs = {k: m(x_check) for k, m in models.items()}
     ref = outs[METHODS[1]]
-    lat = interleaved_latency(models, x_time, warmup=spec.warmup, repeats=spec.repeats)
+    lat = interleaved_latency(models, x_time, rounds=spec.repeats, warmup=spec.warmup)
     for k, m in models.items():
         row = rows.setdefault(k, {})
         row.update({"params": count_parameters(m), "nonzero_params": nonzero_parameters(m),

@@ -17,7 +17,7 @@ Models:
   of the 27 basic blocks is prunable (the residual stream's width is tied by the shortcuts).
 
 Latency is measured at batch 1 and batch 32 with the unpruned and all pruned models timed in
-interleaved rounds (:func:`bench.common.interleaved_latency`); ``quick=True`` shrinks it to a
+interleaved rounds (:func:`pruninglib.core.metrics.interleaved_latency`); ``quick=True`` shrinks it to a
 smoke run (VGG16's convs with a narrow classifier at 32 px and ResNet-20, batch 1 and 2, one or
 two repeats).
 """
@@ -30,11 +30,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from bench.common import (fmt_latency, interleaved_latency, md_table, pruned_copy,
+from bench.common import (fmt_latency, md_table, pruned_copy,
                           uniform_filter_plan, vgg16_narrow)
 from pruninglib import models as M
 from pruninglib.core.graph import prunable_layers
-from pruninglib.core.metrics import count_macs, count_parameters
+from pruninglib.core.metrics import count_macs, count_parameters, interleaved_latency
 from pruninglib.utils import get_device, set_seed
 
 __all__ = ["LEVELS", "ModelSpec", "FULL_SPECS", "QUICK_SPECS", "run", "plot_speedup"]
@@ -118,7 +118,7 @@ def _bench_model(spec: ModelSpec, levels: Sequence[float], device: torch.device,
     gen = torch.Generator().manual_seed(seed)
     for b in spec.batches:
         x = torch.randn(b, 3, spec.px, spec.px, generator=gen).to(device)
-        lat = interleaved_latency(models, x, warmup=spec.warmup, repeats=spec.repeats[b])
+        lat = interleaved_latency(models, x, rounds=spec.repeats[b], warmup=spec.warmup)
         base_med = lat["unpruned"].median_s
         for row, key in zip(rows, models):
             r = lat[key]

@@ -38,10 +38,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pruninglib import data as D
-from pruninglib.core.metrics import count_macs, count_parameters, measure_latency, size_on_disk
+from pruninglib.core.metrics import (count_macs, count_parameters, cpu_latency, layer_times, measure_latency,
+                                     part_shares, size_on_disk)
+from pruninglib.lessons.transfer import conv_counts, remove_lowest_filters, rank_filters, total_conv_filters, unfreeze
 from pruninglib.models import build_model
-from pruninglib.lessons.transfer import (conv_counts, cpu_latency, layer_times, part_shares, prune_lowest, rank_filters,
-                                 total_conv_filters, unfreeze)
 from pruninglib.utils import describe_device, set_seed
 
 __all__ = ["PUBLISHED", "run", "to_markdown", "main"]
@@ -147,7 +147,7 @@ def _run(quick: bool, t_start: float, threads: int) -> dict:
     t_rank = 0.0
     for k in range(1, levels_n + 1):
         t0 = time.perf_counter()
-        prune_lowest(pruned, rank_filters(pruned, batches), step)
+        remove_lowest_filters(pruned, rank_filters(pruned, batches), step)
         t_rank += time.perf_counter() - t0
         rows.append(measure(pruned, k * step))
     again = measure(model, 0)  # baseline measured before and after: keep the faster

@@ -1,9 +1,21 @@
 """pruninglib: the small helper package behind the Pruning Notebooks.
 
-Every lesson in ``notebooks/`` imports it; the notebooks show only what teaches.
+Every lesson in ``notebooks/`` imports it; the notebooks show only what teaches. What a lesson
+needs first is here: :func:`setup` (settings of the mode, threads, seeds, device, banner),
+:func:`record` (hand a number to the batch runner), :func:`show_table` and :func:`get_device`.
+The rest is organised by what it holds:
+
+- :mod:`pruninglib.core`: model-agnostic machinery (graph, gates, surgery, metrics);
+- :mod:`pruninglib.curvature`: the Hessian and its stand-ins (Gauss-Newton, Fisher, K-FAC);
+- :mod:`pruninglib.criteria`: one importance score per unit, one registry;
+- :mod:`pruninglib.methods`: criteria + surgery -> a pruned network, one paper each;
+- :mod:`pruninglib.lessons`: one lesson's experimental protocol each;
+- :mod:`pruninglib.run`: the batch runner (``python -m pruninglib.run``).
 """
-from pruninglib.utils import choose_mode, describe_device, get_device, set_seed
 from pruninglib.run.record import record
+from pruninglib.tables import show_table
+from pruninglib.utils import choose_mode, describe_device, get_device, set_seed, setup
 
 __version__ = "0.1.0"
-__all__ = ["choose_mode", "get_device", "set_seed", "describe_device", "record", "__version__"]
+__all__ = ["setup", "record", "show_table", "get_device", "set_seed", "choose_mode", "describe_device",
+           "__version__"]

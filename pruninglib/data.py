@@ -37,7 +37,7 @@ from torchvision import transforms as T
 
 __all__ = ["search_path", "find_dataset", "load_dataset", "DatasetNotFoundError", "DATASETS",
            "CatsVsDogs", "subset_per_class", "synthetic_images", "targets_of", "image_transforms",
-           "to_tensor_dataset"]
+           "to_tensor_dataset", "DATASET_STATS", "load_tensors", "batches"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -334,3 +334,63 @@ def image_transforms(size: int, train: bool = False, normalize: Sequence[Sequenc
     if normalize is not None:
         ops.append(T.Normalize(*normalize))
     return T.Compose(ops)
+
+
+#: Per-channel (mean, std) used to normalise the inputs.
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def load_tensors(name: str = "fashion_mnist", split: str = "train", n_per_class: int | None = None,
+                 seed: int = 0, normalize: bool = True) -> TensorDataset:
+    """A dataset as an in-memory ``TensorDataset``: pixels in [0, 1], then normalised with
+    :data:`DATASET_STATS` (``normalize=True``); ``n_per_class`` examples of every class drawn
+    with ``seed``, or all of them.
+
+    Works for any :func:`pruninglib.data.load_dataset` name; MNIST-style datasets are read
+    straight from their tensors (fast), the others through ``ToTensor``.
+
+    Raises:
+        ValueError: ``normalize=True`` for a dataset without known statistics.
+    """
+    if normalize and name not in DATASET_STATS:
+        raise ValueError(f"no normalisation statistics for {name!r} (known: {sorted(DATASET_STATS)}); "
+                         "pass normalize=False")
+    ds = load_dataset(name, split, transform=T.ToTensor())
+    idx = subset_per_class(ds, n_per_class, seed).indices if n_per_class is not None else None
+    data = getattr(ds, "data", None)
+    if torch.is_tensor(data) and data.dim() == 3:  # MNIST, Fashion-MNIST
+        x = data.float().div(255).unsqueeze(1)
+        y = torch.as_tensor(ds.targets).long()
+        if idx is not None:
+            sel = torch.as_tensor(idx)
+            x, y = x[sel], y[sel]
+        out = TensorDataset(x, y)
+    else:
+        out = to_tensor_dataset(Subset(ds, list(idx)) if idx is not None else ds)
+    if normalize:
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in DATASET_STATS[name])
+        out = TensorDataset((out.tensors[0] - mean) / std, out.tensors[1])
+    return out
+
+
+def batches(dataset: Dataset, batch_size: int, device: torch.device | str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole dataset as a list of ``(x, y)`` batches on ``device``, in order (no shuffling).
+
+    What criteria, oracles and Hessians read: the same batches every time they are called.
+    Used in lessons 01, 02, 03 and 06.
+
+    Raises:
+        ValueError: for a non-positive ``batch_size`` or an empty dataset.
+    """
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: there is nothing to make batches of")
+    from torch.utils.data import DataLoader
+
+    return [(x.to(device), y.to(device)) if device is not None else (x, y)
+            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False)]

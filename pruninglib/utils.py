@@ -8,19 +8,28 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["set_seed", "get_device", "describe_device", "seed_worker", "make_generator", "choose_mode", "MODES"]
+__all__ = ["set_seed", "get_device", "describe_device", "make_generator", "choose_mode", "setup", "MODES"]
 
 
 def set_seed(seed: int = 0, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA).
+    """Seed Python, NumPy and PyTorch (CPU and CUDA). Used in every lesson.
 
     With ``deterministic=True`` PyTorch is asked for deterministic kernels, so the
     same seed gives bit-identical results on the CPU.
 
     Args:
-        seed: the seed.
+        seed: the seed, a non-negative integer (a lesson's ``SEED`` parameter).
         deterministic: also switch on ``torch.use_deterministic_algorithms`` (warn only).
+
+    Raises:
+        TypeError: ``seed`` is not an integer (e.g. ``-p SEED 1.5``).
+        ValueError: ``seed`` is negative.
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"SEED must be an integer (e.g. -p SEED 1), got {seed!r} ({type(seed).__name__})")
+    if seed < 0:
+        raise ValueError(f"SEED must be >= 0, got {seed}")
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -30,13 +39,6 @@ def set_seed(seed: int = 0, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in DataLoader workers
-    """``worker_init_fn`` for DataLoaders: derive NumPy/random seeds from torch's."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
 
 
 def make_generator(seed: int = 0) -> torch.Generator:
@@ -88,3 +90,49 @@ def choose_mode(mode: str, settings: dict[str, dict]) -> dict:
     if mode not in settings:
         raise ValueError(f"MODE must be one of {list(settings)}, got {mode!r}")
     return dict(settings[mode])
+
+
+def setup(mode: str, seed: int = 0, threads: int | None = None, modes: dict[str, dict] | None = None,
+          show_data: bool = True) -> dict:
+    """What every lesson does first: pick the mode's settings, set threads and seeds, choose the
+    device, and print a banner (version, mode, seed, device, and the datasets found on the search
+    path). Used in every lesson's first code cell.
+
+    Args:
+        mode: the lesson's ``MODE`` parameter (``"quick"``, ``"laptop"`` or ``"paper"``).
+        seed: the lesson's ``SEED`` parameter (:func:`set_seed`).
+        threads: the lesson's ``THREADS`` parameter: torch CPU threads; ``None`` takes the mode's
+            ``"threads"`` setting if it has one, else leaves torch's default.
+        modes: ``{"quick": {...}, "laptop": {...}, "paper": {...}}`` settings per mode
+            (:func:`choose_mode`). A ``"device"`` setting forces a device for that mode.
+        show_data: also list the datasets found in each folder of the search path.
+
+    Returns:
+        The mode's settings (a new dict) with ``"device"`` set to the chosen ``torch.device``.
+
+    Raises:
+        ValueError: an unknown mode, or a non-positive ``threads``.
+        TypeError: a non-integer ``seed`` or ``threads``.
+    """
+    cfg = choose_mode(mode, modes if modes is not None else {m: {} for m in MODES})
+    threads = threads if threads is not None else cfg.get("threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+            raise TypeError(f"THREADS must be an integer or None, got {threads!r}")
+        if threads <= 0:
+            raise ValueError(f"THREADS must be positive (or None for torch's default), got {threads}")
+        torch.set_num_threads(int(threads))
+    set_seed(seed)
+    device = get_device(cfg.get("device"))
+    cfg["device"] = device
+    from pruninglib import __version__
+
+    print(f"pruninglib {__version__} | mode: {mode} | seed: {seed} | {describe_device(device)}")
+    if show_data:
+        from pruninglib import data
+
+        print("data search path:")
+        for p in data.search_path():
+            found = [n for n, spec in data.DATASETS.items() if spec.present(p)]
+            print(f"  {p.resolve()}  ->  {', '.join(found) or 'nothing'}")
+    return cfg

@@ -20,7 +20,8 @@ import torch.nn as nn
 from bench import SECTIONS
 from bench import collection, peers
 from bench.__main__ import main, select_sections
-from bench.common import (interleaved_latency, md_table, nonzero_parameters, render_result,
+from pruninglib.core.metrics import interleaved_latency
+from bench.common import (md_table, nonzero_parameters, render_result,
                           torch_pruning_or_none, uniform_filter_plan)
 
 TP_INSTALLED = torch_pruning_or_none() is not None
@@ -218,7 +219,7 @@ def test_uniform_plan_and_nonzero_count() -> None:
 
 def test_interleaved_latency_reports_each_model() -> None:
     ms = {"a": nn.Linear(4, 4), "b": nn.Linear(4, 2)}
-    res = interleaved_latency(ms, torch.zeros(3, 4), warmup=1, repeats=3)
+    res = interleaved_latency(ms, torch.zeros(3, 4), rounds=3, warmup=1)
     assert set(res) == {"a", "b"}
     for r in res.values():
         assert r.repeats == 3 and r.batch_size == 3 and r.min_s <= r.median_s <= r.max_s

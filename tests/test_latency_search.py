@@ -7,7 +7,8 @@ import torch
 import pruninglib.methods.latency_search as ls
 from pruninglib.core import metrics
 from pruninglib import models
-from pruninglib.methods.latency_search import (MacsModel, build_latency_table, compare_latency, global_counts,
+from pruninglib.core.metrics import interleaved_latency
+from pruninglib.methods.latency_search import (MacsModel, build_latency_table, global_counts,
                                        netadapt_search, time_module, uniform_counts, width_grid)
 from pruninglib.methods.selection import apply_kept
 
@@ -133,8 +134,9 @@ def test_latency_search_meets_its_target_on_the_device_it_measured():
     assert lut.on_grid(res.widths)
     assert lut.predict(res.widths) <= target  # the table says the target is met ...
     # ... and a fresh, interleaved measurement on the same device agrees that the result is faster
-    t = compare_latency({"full": model, "searched": res.model}, x, rounds=4, repeats=4, threads=1)
-    assert t["searched"]["min_s"] < 0.8 * t["full"]["min_s"]
+    t = interleaved_latency({"full": model, "searched": res.model}, x, rounds=4, repeats=4, warmup=2, rewarm=1,
+                            threads=1)
+    assert t["searched"].min_s < 0.8 * t["full"].min_s
 
 
 def test_constant_timer_makes_the_latency_target_unreachable(monkeypatch):
@@ -147,11 +149,23 @@ def test_constant_timer_makes_the_latency_target_unreachable(monkeypatch):
         netadapt_search(model, lut, 0.9 * lut.predict(), lambda m: 0.0, grid, progress=False)
 
 
-def test_compare_latency_interleaves_rounds(monkeypatch):
+def test_interleaved_latency_interleaves_rounds():
     ticks = itertools.count()
-    monkeypatch.setattr(ls, "perf_counter", lambda: float(next(ticks)))
-    m = torch.nn.Identity()
-    out = compare_latency({"a": m, "b": m}, torch.zeros(1), rounds=3, repeats=2)
-    assert out == {"a": {"median_s": 1.0, "min_s": 1.0, "runs": 6}, "b": {"median_s": 1.0, "min_s": 1.0, "runs": 6}}
+    calls = []
+
+    class Named(torch.nn.Identity):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    out = interleaved_latency({"a": Named("a"), "b": Named("b")}, torch.zeros(1), rounds=3, repeats=2, warmup=2,
+                              rewarm=1, timer=lambda: float(next(ticks)))
+    assert {k: (r.median_s, r.min_s, r.repeats) for k, r in out.items()} == {"a": (1.0, 1.0, 6), "b": (1.0, 1.0, 6)}
+    # round 1: 2 warm-up + 2 timed runs each; rounds 2-3: 1 re-warm + 2 timed, a before b every round
+    assert calls == ["a"] * 4 + ["b"] * 4 + (["a"] * 3 + ["b"] * 3) * 2
     with pytest.raises(ValueError, match="rounds"):
-        compare_latency({"a": m}, torch.zeros(1), rounds=0)
+        interleaved_latency({"a": Named("a")}, torch.zeros(1), rounds=0)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pruninglib.criteria import get_criterion
 from pruninglib.criteria.obd import (curvature, group_obd_saliency, obd_saliency, obd_weight_scores,
-                                     prune_lowest, unit_groups)
+                                     zero_lowest_weights, unit_groups)
 from pruninglib.criteria.obs import (group_obs_saliency, group_obs_update, inverse_hessian, obs_prune,
                                      obs_prune_groups, obs_saliency, obs_update, sherman_morrison_remove,
                                      woodbury_remove)
@@ -163,13 +163,13 @@ def test_group_obs_equals_schur_complement_and_unit_criteria() -> None:
     assert model[0].out_features == 2 and torch.allclose(model(x), out_masked, atol=1e-12)
 
 
-def test_prune_lowest_and_errors() -> None:
+def test_zero_lowest_weights_and_errors() -> None:
     theta = torch.tensor([0.1, -3.0, 0.2, 5.0, -0.05], dtype=D)
     prunable = torch.tensor([True, True, True, True, False])
-    pruned, keep = prune_lowest(theta, theta.abs(), prunable, 0.5)
+    pruned, keep = zero_lowest_weights(theta, theta.abs(), prunable, 0.5)
     assert pruned.tolist() == [0.0, -3.0, 0.0, 5.0, -0.05] and keep.tolist() == [False, True, False, True, True]
     with pytest.raises(ValueError, match="sparsity"):
-        prune_lowest(theta, theta.abs(), prunable, 1.5)
+        zero_lowest_weights(theta, theta.abs(), prunable, 1.5)
     with pytest.raises(ValueError, match="damping"):
         inverse_hessian(torch.diag(torch.tensor([1.0, -2.0], dtype=D)))
     assert torch.allclose(inverse_hessian(torch.diag(torch.tensor([1.0, -2.0], dtype=D)), damping=3.0),

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from pruninglib.lessons.correlation import (correlation_table, markdown_table, oracle_correlations,
-                                    rank_correlation, reference_model)
+from pruninglib.lessons.correlation import correlation_table, oracle_correlations, rank_correlation
+from pruninglib.lessons.lenet3 import reference_model
+from pruninglib.tables import markdown_table
 from pruninglib.criteria import get_criterion
 from pruninglib.criteria.oracle import (evaluate_loss, naive_oracle_loss_change, oracle_loss_change,
                                         oracle_method)

@@ -19,9 +19,10 @@ from pruninglib.data import synthetic_images
 from pruninglib.core.metrics import count_macs, count_parameters
 from pruninglib.models import build_model
 from pruninglib.train import evaluate, make_loader
-from pruninglib.lessons.transfer import (cache_features, conv_counts, cpu_latency, display_images, finetune, layer_times,
-                                 measure_model, part_shares, plot_prediction_grid, predict, prune_finetune_loop,
-                                 prune_lowest, rank_filters, total_conv_filters, train_head, transfer_head)
+from pruninglib.core.metrics import cpu_latency, layer_times, measure_model, part_shares
+from pruninglib.lessons.transfer import (cache_features, conv_counts, finetune, predict, prune_finetune_loop,
+                                         remove_lowest_filters, rank_filters, total_conv_filters, train_head, transfer_head)
+from pruninglib.plots import display_images, plot_prediction_grid
 
 matplotlib.use("Agg")
 
@@ -184,14 +185,14 @@ def test_magnitude_criterion_is_normalised_too() -> None:
 # --------------------------------------------------------------------------- pruning
 
 
-def test_prune_lowest_removes_exactly_the_lowest() -> None:
+def test_remove_lowest_filters_removes_exactly_the_lowest() -> None:
     m = _tiny()
     scores = {n: torch.arange(c, dtype=torch.float) + 10 * k for k, (n, c) in enumerate(conv_counts(m).items())}
-    plan = prune_lowest(m, scores, 5)
+    plan = remove_lowest_filters(m, scores, 5)
     assert plan == {"features.0": [0, 1, 2, 3, 4]}
     assert conv_counts(m)["features.0"] == 3 and total_conv_filters(m) == 36 - 5
     with pytest.raises(ValueError, match="re-rank"):
-        prune_lowest(m, scores, 1)  # stale scores: widths changed
+        remove_lowest_filters(m, scores, 1)  # stale scores: widths changed
 
 
 def test_loop_records_every_stage_and_shrinks_by_the_schedule() -> None:

@@ -19,7 +19,7 @@ from pruninglib.checkpoint import load_pruned, save_pruned
 from pruninglib.core.graph import prunable_layers
 from pruninglib.models import build_model
 from pruninglib.core.surgery import prune_channels
-from pruninglib.lessons.transfer import conv_counts, prune_lowest, rank_filters, total_conv_filters
+from pruninglib.lessons.transfer import conv_counts, remove_lowest_filters, rank_filters, total_conv_filters
 
 VGG16_CONVS = ["features.0", "features.2", "features.5", "features.7", "features.10", "features.12",
                "features.14", "features.17", "features.19", "features.21", "features.24",
@@ -101,7 +101,7 @@ def test_a_taylor_step_prunes_512_and_stays_exact(vgg: nn.Module) -> None:
     scores = rank_filters(model, batches)
     gated = copy.deepcopy(vgg)
     gates.insert_gates(gated, kinds=("conv",))
-    plan = prune_lowest(model, scores, 512)
+    plan = remove_lowest_filters(model, scores, 512)
     gates.zero_units(gated, [(n, i) for n, idx in plan.items() for i in idx])
     assert sum(map(len, plan.values())) == 512
     assert total_conv_filters(model) == 4224 - 512

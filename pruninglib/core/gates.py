@@ -17,7 +17,7 @@ import torch.nn as nn
 from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["Gate", "insert_gates", "remove_gates", "get_gates", "list_units", "set_units",
-           "zero_units", "reset_gates", "ActivationRecorder", "gated_units_masked"]
+           "zero_units", "ActivationRecorder", "gated_units_masked"]
 
 Unit = tuple[str, int]
 
@@ -118,13 +118,6 @@ def set_units(model: nn.Module, units: Iterable[Unit], value: float = 0.0) -> No
 def zero_units(model: nn.Module, units: Iterable[Unit]) -> None:
     """Switch ``units`` off by zeroing their gates."""
     set_units(model, units, 0.0)
-
-
-def reset_gates(model: nn.Module) -> None:
-    """Set every gate back to one."""
-    with torch.no_grad():
-        for g in get_gates(model).values():
-            g.weight.fill_(1.0)
 
 
 @contextmanager

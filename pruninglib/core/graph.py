@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 import torchvision
 
-__all__ = ["PrunableLayer", "prunable_layers", "UnsupportedModelError", "CHAIN_MODELS"]
+__all__ = ["PrunableLayer", "prunable_layers", "leaf_layers", "UnsupportedModelError", "CHAIN_MODELS"]
 
 
 class UnsupportedModelError(TypeError):
@@ -90,6 +90,13 @@ def _is_gate(m: nn.Module) -> bool:
     return type(m).__name__ == "Gate" and type(m).__module__ == "pruninglib.core.gates"
 
 
+def leaf_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every leaf layer in registration order, a gated layer counting as a
+    leaf and its gate not listed. Used by :func:`prunable_layers` and the batched oracle (lessons 02-03)."""
+    return [(n, m) for n, m in model.named_modules()
+            if n and not _is_gate(m) and all(_is_gate(c) for c in m.children())]
+
+
 def _check_layer(name: str, m: nn.Module) -> None:
     if isinstance(m, nn.Conv2d) and m.groups != 1:
         raise UnsupportedModelError(
@@ -118,8 +125,7 @@ def prunable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear"
             out.append(PrunableLayer(prod, named[prod], norm, named[norm] if norm else None,
                                      cons, named[cons]))
     elif _is_chain(model):
-        leaves = [(n, m) for n, m in model.named_modules()
-                  if n and not _is_gate(m) and all(_is_gate(c) for c in m.children())]
+        leaves = leaf_layers(model)
         for n, m in leaves:
             _check_layer(n, m)
         for i, (n, m) in enumerate(leaves):

@@ -6,7 +6,7 @@ from typing import Callable, Mapping
 import torch
 
 __all__ = ["Scores", "CRITERIA", "register", "get_criterion", "list_criteria",
-           "normalize_per_layer", "lowest_units", "check_ratio", "lowest_per_layer"]
+           "normalize_per_layer", "lowest_units", "check_ratio", "lowest_per_layer", "ScoreAverage"]
 
 Scores = dict[str, torch.Tensor]
 """``{layer name: 1-D tensor of per-unit importance}`` (higher = keep)."""
@@ -104,3 +104,43 @@ def lowest_per_layer(scores: Scores, ratio: float, min_keep: int = 1) -> dict[st
         k = min(int(r * len(v)), len(v) - min_keep)
         plan[name] = v.argsort()[:max(k, 0)].tolist()
     return plan
+
+
+class ScoreAverage:
+    r"""The average of per-unit scores over minibatches: the mean, or an exponential moving average.
+
+    With ``momentum=None`` :meth:`result` is :math:`\frac1B \sum_b s_b`; with ``momentum`` :math:`\mu`
+    in ``[0, 1)`` it is :math:`v_B` with :math:`v_1 = s_1`, :math:`v_b = \mu v_{b-1} + (1-\mu) s_b`
+    (the authors' configs of Molchanov et al. 2019 use 0.9). Sums are kept in float64 on the
+    scores' device. Used by the Taylor criteria (lessons 02-04) and the iterative schedule (02).
+    """
+
+    def __init__(self, momentum: float | None = None) -> None:
+        if momentum is not None and not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1) or None, got {momentum}")
+        self.momentum = momentum
+        self._acc: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, scores: Mapping[str, torch.Tensor]) -> None:
+        """Take one minibatch's scores."""
+        for k, v in scores.items():
+            v = v.detach().double()
+            if k not in self._acc:
+                self._acc[k] = v.clone()
+            elif self.momentum is None:
+                self._acc[k] = self._acc[k] + v
+            else:
+                self._acc[k] = self.momentum * self._acc[k] + (1 - self.momentum) * v
+        self.count += 1
+
+    def result(self, dtype: torch.dtype = torch.float32) -> Scores:
+        """The average so far, on the CPU, as ``dtype``.
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if self.count == 0:
+            raise ValueError("no scores were added: pass at least one minibatch")
+        div = self.count if self.momentum is None else 1
+        return {k: (v.cpu() / div).to(dtype) for k, v in self._acc.items()}

@@ -34,7 +34,7 @@ from pruninglib.core.graph import prunable_layers
 from pruninglib.curvature.hessian import exact_hessian, gauss_newton
 from pruninglib.curvature.params import ParamSpec, flatten_params
 
-__all__ = ["obd_saliency", "magnitude_saliency", "obd_weight_scores", "prune_lowest",
+__all__ = ["obd_saliency", "magnitude_saliency", "obd_weight_scores", "zero_lowest_weights",
            "unit_groups", "group_obd_saliency", "curvature", "CURVATURES", "obd_unit"]
 
 CURVATURES = ("exact", "gauss_newton", "fisher", "kfac")
@@ -69,7 +69,7 @@ def obd_weight_scores(theta: torch.Tensor, curv: torch.Tensor, spec: ParamSpec) 
     return {k: v.clone() for k, v in spec.unflatten(obd_saliency(theta, curv)).items()}
 
 
-def prune_lowest(theta: torch.Tensor, scores: torch.Tensor, prunable: torch.Tensor,
+def zero_lowest_weights(theta: torch.Tensor, scores: torch.Tensor, prunable: torch.Tensor,
                  sparsity: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero the ``sparsity`` fraction of prunable entries with the lowest scores (one shot,
     no compensation).

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pruninglib.criteria.base import Scores, register
-from pruninglib.core.graph import PrunableLayer, prunable_layers
+from pruninglib.core.graph import PrunableLayer, leaf_layers, prunable_layers
 
 __all__ = ["oracle", "oracle_loss_change", "naive_oracle_loss_change", "evaluate_loss",
            "CHANNELWISE_MODULES", "oracle_method"]
@@ -57,15 +57,10 @@ def _as_list(batches: Iterable) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _is_gate(m: nn.Module) -> bool:
-    return type(m).__name__ == "Gate" and type(m).__module__ == "pruninglib.core.gates"
-
-
 def _path_between(model: nn.Module, start: str, stop: str) -> list[nn.Module] | None:
     """Leaf modules strictly between ``start`` and ``stop`` in registration order (chain
     models), or ``None`` if either is not a leaf."""
-    leaves = [(n, m) for n, m in model.named_modules()
-              if n and not _is_gate(m) and all(_is_gate(c) for c in m.children())]
+    leaves = leaf_layers(model)
     names = [n for n, _ in leaves]
     if start not in names or stop not in names:
         return None

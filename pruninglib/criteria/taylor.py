@@ -54,14 +54,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jacrev, vmap
 
-from pruninglib.criteria.base import Scores, normalize_per_layer, register
+from pruninglib.criteria.base import ScoreAverage, Scores, normalize_per_layer, register
 from pruninglib.core.gates import ActivationRecorder, Gate
 from pruninglib.core.graph import PrunableLayer, prunable_layers
 
 __all__ = ["taylor_2017", "taylor_2017_flops", "unit_flops", "GateTaylorStats",
            "gate_taylor_statistics", "gate_hessian_diag_exact", "taylor_fo_gate", "taylor_so_gate",
            "taylor_fo_weight", "filter_group_contribution", "obd_squared_gradients",
-           "temporary_gates"]
+           "temporary_gates", "weight_fo_unit_scores"]
 
 
 @register("taylor_2017")
@@ -304,15 +304,12 @@ def gate_taylor_statistics(model: nn.Module, batches: Iterable, loss_fn: Callabl
     """
     if hessian not in ("gauss_newton", "exact"):
         raise ValueError(f"hessian must be 'gauss_newton' or 'exact', got {hessian!r}")
-    if momentum is not None and not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1) or None, got {momentum}")
+    fo_avg, so_avg = ScoreAverage(momentum), ScoreAverage(momentum)  # checks momentum
     layers = prunable_layers(model, kinds)
     names = [pl.name for pl in layers]
     device = device or next(model.parameters()).device
     zeros = {pl.name: torch.zeros(pl.num_units, dtype=torch.float64) for pl in layers}
     g_sum, h_sum, f_sum = dict(zeros), dict(zeros), dict(zeros)
-    fo_acc: dict[str, torch.Tensor] = dict(zeros)
-    so_acc: dict[str, torch.Tensor] = dict(zeros)
     n_total, n_batches = 0, 0
     per_ex_grad = vmap(grad(_per_example_loss(loss_fn)))
     per_ex_hess = vmap(jacrev(jacrev(_per_example_loss(loss_fn))))
@@ -339,40 +336,33 @@ def gate_taylor_statistics(model: nn.Module, batches: Iterable, loss_fn: Callabl
                 gs = torch.autograd.grad(loss_fn(out, y), acts)
                 G = [_reduce(a * g, 1) * n for a, g in zip(acts, gs)]
                 Hb = [None] * len(names)
+            fo_b, so_b = {}, {}
             for k, Gk, Hk in zip(names, G, Hb):
                 Gk = Gk.detach().double().cpu()
                 gb = Gk.mean(0)
                 g_sum[k] = g_sum[k] + gb * n
                 f_sum[k] = f_sum[k] + Gk.pow(2).sum(0)
-                fo_b = gb.pow(2)
+                fo_b[k] = gb.pow(2)
                 if Hk is not None:
                     Hk = Hk.detach().double().cpu()
                     h_sum[k] = h_sum[k] + Hk * n
-                    so_b = (gb - 0.5 * Hk).pow(2)
-                else:
-                    so_b = None
-                if momentum is None or n_batches == 0:
-                    fo_acc[k] = fo_acc[k] + fo_b if momentum is None else fo_b
-                    if so_b is not None:
-                        so_acc[k] = so_acc[k] + so_b if momentum is None else so_b
-                else:
-                    fo_acc[k] = momentum * fo_acc[k] + (1 - momentum) * fo_b
-                    if so_b is not None:
-                        so_acc[k] = momentum * so_acc[k] + (1 - momentum) * so_b
+                    so_b[k] = (gb - 0.5 * Hk).pow(2)
+            fo_avg.add(fo_b)
+            if so_b:
+                so_avg.add(so_b)
             n_total += n
             n_batches += 1
     finally:
         model.train(was_training)
     if n_batches == 0:
         raise ValueError("batches is empty: pass an iterable of (x, y) with at least one batch")
-    div = n_batches if momentum is None else 1
 
     def fin(d: dict[str, torch.Tensor], by: float) -> Scores:
         return {k: (v / by).float() for k, v in d.items()}
 
     return GateTaylorStats(
         grad=fin(g_sum, n_total), hess=fin(h_sum, n_total) if second_order else None,
-        fo=fin(fo_acc, div), so=fin(so_acc, div) if second_order else None,
+        fo=fo_avg.result(), so=so_avg.result() if second_order else None,
         fisher=fin(f_sum, n_total), num_examples=n_total, num_batches=n_batches)
 
 
@@ -484,27 +474,27 @@ def _filter_scores(model: nn.Module, batches: Iterable, loss_fn: Callable, kinds
     the minibatches; the gradients are those of each unit's filter weights and bias."""
     layers = prunable_layers(model, kinds)
     device = device or next(model.parameters()).device
-    acc = {pl.name: torch.zeros(pl.num_units, dtype=torch.float64) for pl in layers}
-    nb = 0
+    avg = ScoreAverage(momentum)
     was_training = model.training
     model.eval()
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             grads = _param_grads(model, layers, x, y, loss_fn, _filter_params)
-            for pl, gs in zip(layers, grads):
-                s = unit_score(pl, gs, len(y)).double().cpu()
-                if momentum is None:
-                    acc[pl.name] += s
-                else:
-                    acc[pl.name] = s if nb == 0 else momentum * acc[pl.name] + (1 - momentum) * s
-            nb += 1
+            avg.add({pl.name: unit_score(pl, gs, len(y)).double().cpu() for pl, gs in zip(layers, grads)})
     finally:
         model.train(was_training)
-    if nb == 0:
+    if avg.count == 0:
         raise ValueError("batches is empty: pass an iterable of (x, y) with at least one batch")
-    div = nb if momentum is None else 1
-    return {k: (v / div).float() for k, v in acc.items()}
+    return avg.result()
+
+
+def weight_fo_unit_scores(pl: PrunableLayer, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    r""":math:`\sum_{s \in S_m} (w_s g_s)^2` for every unit :math:`m` of layer ``pl``, over its filter's
+    weights and bias (Molchanov et al. 2019, Sec. 3.1), from the gradients ``grads`` of
+    ``[weight, bias]`` (a ``None`` gradient is left out). Used by :func:`taylor_fo_weight` and by
+    the iterative schedule (lesson 02), which reads ``.grad`` after a training step."""
+    return sum(_per_unit((p.detach() * g).pow(2)) for p, g in zip(_filter_params(pl), grads) if g is not None)
 
 
 @register("taylor_fo_weight")
@@ -516,7 +506,7 @@ def taylor_fo_weight(model: nn.Module, batches: Iterable, loss_fn: Callable = F.
     unit's filter (weights and bias), per minibatch, averaged over minibatches."""
     scores = _filter_scores(
         model, batches, loss_fn, kinds, device, momentum=momentum,
-        unit_score=lambda pl, gs, n: sum(_per_unit((p.detach() * g).pow(2)) for p, g in zip(_filter_params(pl), gs)))
+        unit_score=lambda pl, gs, n: weight_fo_unit_scores(pl, gs))
     return _maybe_normalize(scores, normalize)
 
 

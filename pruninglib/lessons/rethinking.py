@@ -40,6 +40,7 @@ from pruninglib.cache import cache_key
 from pruninglib.checkpoint import load_checkpoint, save_checkpoint
 from pruninglib.core.metrics import count_macs, count_parameters
 from pruninglib.models import CifarResNet, CifarVGG, build_model
+from pruninglib.tables import markdown_table
 from pruninglib.train import evaluate, make_loader, train_epoch
 
 __all__ = [
@@ -594,7 +595,7 @@ def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
     head = ["Dataset", "Model", "", "Unpruned", "Pruned model", "Fine-tuned", "Scratch-E", "Scratch-B"]
     if with_uniform:
         head.append("Uniform-E")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows: list[list[str]] = []
     for name, s in summ.items():
         r0 = next(r for r in results if r["experiment"] == name)
         n = s["unpruned"][2]
@@ -602,7 +603,7 @@ def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
                _cell(s.get("finetune")), _cell(s.get("scratch_e")), _cell(s.get("scratch_b"))]
         if with_uniform:
             row.append(_cell(s.get("uniform_e")))
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
         pk = paper_keys.get(name, name)
         if pk in paper:
             pr = paper[pk]
@@ -610,8 +611,8 @@ def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
                    _cell(pr.get("finetune")), _cell(pr.get("scratch_e")), _cell(pr.get("scratch_b"))]
             if with_uniform:
                 row.append("—")
-            lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+            rows.append(row)
+    return markdown_table(rows, headers=head, fmt=str)
 
 
 # ------------------------------------------------------------------------------ paper mode

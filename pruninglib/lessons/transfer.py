@@ -24,15 +24,15 @@ The helpers here keep the notebook short and are unit-tested (``tests/test_trans
 
 * :func:`transfer_head`, :func:`cache_features`, :func:`train_head` -- a frozen backbone computes
   the same features every epoch, so compute them once and train only the head on them;
-* :func:`rank_filters`, :func:`prune_lowest`, :func:`prune_finetune_loop` -- the iteration loop;
-* :func:`measure_model`, :func:`cpu_latency`, :func:`layer_times`, :func:`part_shares` -- where size and
-  time go;
-* :func:`predict`, :func:`plot_prediction_grid`, :func:`display_images` -- the photo grid.
+* :func:`rank_filters`, :func:`remove_lowest_filters`, :func:`prune_finetune_loop` -- the iteration loop;
+* :func:`predict` -- the photos' predictions before and after (the grid is drawn by
+  :func:`pruninglib.plots.plot_prediction_grid`; where size and time go is measured by
+  :func:`pruninglib.core.metrics.measure_model`, :func:`~pruninglib.core.metrics.layer_times` and
+  :func:`~pruninglib.core.metrics.part_shares`).
 """
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -45,15 +45,13 @@ from tqdm.auto import tqdm
 from pruninglib.criteria import Scores, get_criterion, lowest_units, normalize_per_layer
 from pruninglib.core.gates import insert_gates, zero_units
 from pruninglib.core.graph import prunable_layers
-from pruninglib.core.metrics import LatencyResult, count_macs, count_parameters, measure_latency, size_on_disk
 from pruninglib.core.surgery import prune_units
 from pruninglib.train import fit, make_loader
 
 __all__ = [
     "transfer_head", "cache_features", "train_head", "unfreeze", "finetune",
-    "conv_counts", "total_conv_filters", "rank_filters", "prune_lowest", "prune_finetune_loop",
-    "cpu_latency", "measure_model", "layer_times", "part_shares", "predict", "display_images",
-    "plot_prediction_grid",
+    "conv_counts", "total_conv_filters", "rank_filters", "remove_lowest_filters", "prune_finetune_loop",
+    "predict",
 ]
 
 
@@ -220,7 +218,7 @@ def rank_filters(model: nn.Module, batches: Iterable, criterion: str = "taylor_2
     return scores
 
 
-def prune_lowest(model: nn.Module, scores: Scores, n: int, min_keep: int = 1) -> dict[str, list[int]]:
+def remove_lowest_filters(model: nn.Module, scores: Scores, n: int, min_keep: int = 1) -> dict[str, list[int]]:
     """Remove the ``n`` globally lowest-scored filters physically; return the plan used.
 
     Args:
@@ -259,7 +257,7 @@ def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], 
     """Iterative pruning as in Molchanov et al. 2017 (Sec. 2) and Gildenblat's blog post.
 
     For ``iterations`` rounds: rank all conv filters (:func:`rank_filters`), remove the
-    ``filters_per_iteration`` lowest (:func:`prune_lowest`), fine-tune (``finetune_fn``);
+    ``filters_per_iteration`` lowest (:func:`remove_lowest_filters`), fine-tune (``finetune_fn``);
     finally ``final_finetune_fn`` (the blog post's 15 extra epochs). Stage 0 is the
     unpruned model. Every stage is evaluated and measured with the given callbacks.
 
@@ -325,7 +323,7 @@ def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], 
         if check_batch is not None:
             gated = copy.deepcopy(model)
             insert_gates(gated, kinds=("conv",))
-        plan = prune_lowest(model, scores, filters_per_iteration)
+        plan = remove_lowest_filters(model, scores, filters_per_iteration)
         diff = None
         if gated is not None:
             zero_units(gated, [(n, i) for n, idx in plan.items() for i in idx])
@@ -360,205 +358,6 @@ def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 # ------------------------------------------------------------------------- measurement
 
 
-def _on(model: nn.Module, device: torch.device) -> nn.Module:
-    p = next(model.parameters())
-    return model if p.device == device else copy.deepcopy(model).to(device)
-
-
-def cpu_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, repeats: int = 10,
-                threads: int | None = 1) -> LatencyResult:
-    """:func:`pruninglib.core.metrics.measure_latency` timed by the thread's CPU time (``clock="cpu"``).
-
-    Runs on one CPU thread (``threads`` other than 1 is refused: the CPU time of helper
-    threads would not be counted), so ``time.thread_time`` around ``model(example)`` is the
-    work one core does -- the latency on an otherwise idle core. Other processes on a shared
-    machine inflate wall-clock times, not this.
-
-    Raises:
-        ValueError: for a non-CPU input or ``threads`` other than 1/None.
-    """
-    return measure_latency(model, example, warmup=warmup, repeats=repeats, threads=threads, clock="cpu")
-
-
-def measure_model(model: nn.Module, size: int = 224, batch: int = 32, throughput_size: int | None = None,
-                  devices: Sequence[str | torch.device] = ("cpu",), repeats: int = 10, warmup: int = 2,
-                  with_size: bool = True, stat: str = "median", threads: int | None = None,
-                  clock: str = "wall") -> dict[str, float]:
-    """Parameters, MACs, size on disk, batch-1 latency and batch throughput, per device.
-
-    Args:
-        model: the model (not changed; copied to another device when needed).
-        size: input side for MACs and batch-1 latency (224 to compare with published numbers).
-        batch: batch size for the throughput measurement.
-        throughput_size: input side for throughput (default ``size``).
-        devices: where to time (``"cpu"``, ``"cuda"``); keys get the device type as suffix.
-        repeats, warmup: see :func:`pruninglib.core.metrics.measure_latency` (the median is kept).
-        with_size: serialise the state dict to count bytes (costs ~1 s for VGG16).
-        stat: ``"median"`` (the usual number to quote) or ``"min"`` (the fastest repeat: the
-            least disturbed by other processes on a shared machine, as ``timeit`` advises).
-        threads: CPU threads for the timing (``None``: torch's current setting). On a busy
-            machine one thread gives far steadier times: threads of one op wait for each other.
-        clock: ``"wall"`` (:func:`pruninglib.core.metrics.measure_latency`) or ``"cpu"``: on the CPU,
-            with one thread, the *thread's CPU time* per forward pass (``time.thread_time``) --
-            what an otherwise idle core would take; other processes on a shared machine do not
-            inflate it. GPUs are always timed by the wall clock.
-
-    Returns:
-        ``params``, ``macs`` (per image at ``size``), ``size_mb`` and, for each device ``d``,
-        ``latency_ms_d`` (batch 1) and ``throughput_d`` (images per second).
-    """
-    if size <= 0 or batch <= 0 or repeats <= 0:
-        raise ValueError(f"size, batch and repeats must be positive, got {size}, {batch}, {repeats}")
-    if stat not in ("median", "min"):
-        raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
-    if clock not in ("wall", "cpu"):
-        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
-    pick = (lambda r: r.median_s) if stat == "median" else (lambda r: r.min_s)
-    ts = throughput_size or size
-    out: dict[str, float] = {"params": count_parameters(model),
-                             "macs": count_macs(model, (1, 3, size, size))}
-    if with_size:
-        out["size_mb"] = size_on_disk(model) / 1e6
-    for d in devices:
-        dev = torch.device(d)
-        m = _on(model, dev)
-        th = threads if dev.type == "cpu" else None
-        clk = clock if dev.type == "cpu" else "wall"  # a GPU is timed by the wall clock
-        lat = measure_latency(m, torch.randn(1, 3, size, size, device=dev), warmup=warmup, repeats=repeats,
-                              threads=th, clock=clk)
-        thr = measure_latency(m, torch.randn(batch, 3, ts, ts, device=dev), warmup=1, repeats=max(1, repeats // 2),
-                              threads=th, clock=clk)
-        out[f"latency_ms_{dev.type}"] = pick(lat) * 1e3
-        out[f"throughput_{dev.type}"] = batch / pick(thr)
-    return out
-
-
-@torch.no_grad()
-def layer_times(model: nn.Module, example: torch.Tensor, repeats: int = 5, warmup: int = 1,
-                stat: str = "median", threads: int | None = None, clock: str = "wall") -> dict[str, float]:
-    """Median (or min) forward time (seconds) of every leaf module, measured with forward hooks.
-
-    A pre-hook and a hook around each leaf (conv, ReLU, pool, Linear, ...) read
-    ``time.perf_counter`` (CUDA is synchronised); the median over ``repeats`` passes is kept.
-    The sum is close to, and slightly above, the plain latency (hook overhead).
-
-    Args:
-        model: the model (eval mode during the measurement).
-        example: one input batch.
-        repeats, warmup: timed and untimed passes.
-        stat: ``"median"`` or ``"min"`` over the repeats, per layer.
-        threads: CPU threads for the measurement (``None``: unchanged).
-        clock: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.thread_time`` with one
-            thread; CPU only), see :func:`measure_model`.
-
-    Returns:
-        ``{leaf module name: seconds}`` in forward order.
-    """
-    if repeats <= 0:
-        raise ValueError(f"repeats must be positive, got {repeats}")
-    if stat not in ("median", "min"):
-        raise ValueError(f"stat must be 'median' or 'min', got {stat!r}")
-    reduce = statistics.median if stat == "median" else min
-    cuda = example.device.type == "cuda"
-    if clock not in ("wall", "cpu") or (clock == "cpu" and cuda):
-        raise ValueError(f"clock must be 'wall', or 'cpu' for a CPU input; got {clock!r} on {example.device}")
-    if clock == "cpu":
-        threads = 1
-    now = time.thread_time if clock == "cpu" else time.perf_counter
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    runs: dict[str, list[float]] = {n: [] for n, _ in leaves}
-    start: dict[str, float] = {}
-    handles = []
-
-    def pre(name: str):
-        def h(m: nn.Module, i: tuple) -> None:
-            sync()
-            start[name] = now()
-        return h
-
-    def post(name: str):
-        def h(m: nn.Module, i: tuple, o: Any) -> None:
-            sync()
-            runs[name].append(now() - start[name])
-        return h
-
-    was_training = model.training
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    model.eval()
-    try:
-        for _ in range(warmup):
-            model(example)
-        for n, m in leaves:
-            handles.append(m.register_forward_pre_hook(pre(n)))
-            handles.append(m.register_forward_hook(post(n)))
-        for _ in range(repeats):
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-        torch.set_num_threads(old_threads)
-    return {n: reduce(v) for n, v in runs.items() if v}
-
-
-def part_shares(model: nn.Module, size: int = 224, times: Mapping[str, float] | None = None) -> dict[str, dict]:
-    """Parameters, MACs and (optionally) time of each top-level part (``features``, ``classifier``, ...).
-
-    Shows why the FC layers of VGG16 hold ~89% of the parameters but ~1% of the MACs.
-
-    Args:
-        model: the model.
-        size: input side for the MAC count.
-        times: :func:`layer_times` output (seconds per leaf), to add a ``time_s`` column.
-
-    Returns:
-        ``{part: {"params", "macs", "time_s"?, "params_share", "macs_share", "time_share"?}}``.
-    """
-    macs: dict[str, int] = {}
-    handles = []
-
-    def hook(name: str):
-        def h(m: nn.Module, i: tuple, o: torch.Tensor) -> None:
-            if isinstance(m, nn.Conv2d):  # same convention as pruninglib.core.metrics.count_macs
-                kh, kw = m.kernel_size
-                n = o.shape[2] * o.shape[3] * m.out_channels * (m.in_channels // m.groups) * kh * kw
-            else:
-                n = (o.numel() // o.shape[0] // m.out_features) * m.in_features * m.out_features
-            macs[name] = macs.get(name, 0) + int(n)
-        return h
-
-    parts = dict(model.named_children())
-    out: dict[str, dict] = {}
-    for part, mod in parts.items():
-        out[part] = {"params": count_parameters(mod), "macs": 0}
-        for n, m in mod.named_modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                handles.append(m.register_forward_hook(hook(part)))
-    p = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    for part in out:
-        out[part]["macs"] = macs.get(part, 0)
-        if times is not None:
-            out[part]["time_s"] = sum(t for n, t in times.items() if n == part or n.startswith(part + "."))
-    for key in ("params", "macs", "time_s"):
-        total = sum(v.get(key, 0) for v in out.values())
-        if key in next(iter(out.values())) and total:
-            for v in out.values():
-                v[key.replace("_s", "") + "_share"] = v[key] / total
-    return out
-
-
 # ------------------------------------------------------------------------------ photos
 
 
@@ -573,48 +372,3 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Te
     return out
 
 
-def display_images(x: torch.Tensor, mean: Sequence[float] = (0.485, 0.456, 0.406),
-                   std: Sequence[float] = (0.229, 0.224, 0.225)) -> torch.Tensor:
-    """Undo the ImageNet normalisation: ``(N, 3, H, W)`` -> ``(N, H, W, 3)`` in ``[0, 1]`` for imshow."""
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected a batch of RGB images (N, 3, H, W), got shape {tuple(x.shape)}")
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return (x.cpu() * s + m).clamp(0, 1).permute(0, 2, 3, 1)
-
-
-def plot_prediction_grid(images: torch.Tensor, labels: Sequence[int], before: Sequence[int],
-                         after: Sequence[int], classes: Sequence[str] = ("cat", "dog"),
-                         ncols: int = 5, title: str = ""):
-    """A grid of photos titled with the true class and the predictions before/after pruning.
-
-    Args:
-        images: ``(N, H, W, 3)`` in ``[0, 1]`` (see :func:`display_images`).
-        labels, before, after: true class and the two predictions per photo.
-        classes: class names.
-        ncols: photos per row.
-        title: figure title.
-
-    Returns:
-        The matplotlib figure.
-    """
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    if not (len(labels) == len(before) == len(after) == n):
-        raise ValueError(f"got {n} images but {len(labels)} labels, {len(before)} and {len(after)} predictions")
-    nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.5 * nrows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= n:
-            continue
-        ax.imshow(images[k])
-        y, b, a = int(labels[k]), int(before[k]), int(after[k])
-        mark = lambda p: "ok" if p == y else "WRONG"  # noqa: E731
-        ax.set_title(f"true: {classes[y]}\nbefore: {classes[b]} ({mark(b)})\nafter: {classes[a]} ({mark(a)})",
-                     fontsize=8, color="black" if a == y else "tab:red")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

@@ -34,8 +34,10 @@ import torch
 import torch.nn as nn
 from torch.optim.optimizer import Optimizer
 
+from pruninglib.train import fit
+
 __all__ = ["add_block_scales", "block_scales", "scale_parameters", "soft_threshold", "APG",
-           "drop_blocks", "fold_block_scales", "DroppedBlock", "l1_of_scales"]
+           "drop_blocks", "fold_block_scales", "DroppedBlock", "train_sss"]
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -75,11 +77,6 @@ def block_scales(model: nn.Module) -> dict[str, float]:
 def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The factors as a list (give them to :class:`APG`, and the other parameters to SGD)."""
     return [b.bn2.sss_scale for _, b in _blocks(model) if hasattr(b.bn2, "sss_scale")]
-
-
-def l1_of_scales(model: nn.Module) -> torch.Tensor:
-    r""":math:`\|\lambda\|_1` (to log, or to add as a plain subgradient penalty)."""
-    return sum((p.abs() for p in scale_parameters(model)), torch.zeros(()))
 
 
 def soft_threshold(z: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -170,3 +167,36 @@ def fold_block_scales(model: nn.Module) -> None:
                 bn.bias.mul_(s)
             bn.sss_handle.remove()
             del bn.sss_scale, bn.sss_handle
+
+
+def train_sss(model: nn.Module, loader: Iterable, epochs: int, lr: float, gamma: float, momentum: float = 0.9,
+              weight_decay: float = 5e-4, progress: bool = True) -> list[dict[str, float]]:
+    r"""Train ``model`` with Sparse Structure Selection (Huang & Wang 2018, Sec. 3.2-3.3), in place.
+
+    Adds a scale :math:`\lambda_i` to every block (:func:`add_block_scales`); the other weights
+    take SGD steps (momentum, weight decay), the scales APG steps with the penalty
+    :math:`\gamma\lVert\lambda\rVert_1` (taken between ``backward()`` and the SGD step); both
+    learning rates follow one cosine schedule over ``epochs``. Used in lesson 06.
+
+    Returns:
+        The trajectory of the block scales: :func:`block_scales` before training and after each epoch.
+    """
+    add_block_scales(model)
+    scales = scale_parameters(model)
+    others = [p for p in model.parameters() if all(p is not s for s in scales)]
+    opt = torch.optim.SGD(others, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    apg = APG(scales, lr=lr, gamma=gamma, momentum=momentum)
+    apg_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(apg, epochs)
+    trajectory = [block_scales(model)]
+
+    def apg_step(_: nn.Module) -> None:
+        apg.step()
+        apg.zero_grad()
+
+    def end_of_epoch(epoch: int, row: dict) -> None:
+        apg_schedule.step()
+        trajectory.append(block_scales(model))
+
+    fit(model, loader, epochs, optimizer=opt, after_backward=apg_step, on_epoch_end=end_of_epoch,
+        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs), progress=progress)
+    return trajectory

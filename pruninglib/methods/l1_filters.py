@@ -46,7 +46,7 @@ from pruninglib.core.surgery import prune_channels
 
 __all__ = [
     "VGG16_A_CFG", "RESNET56_SKIP", "RESNET56_RATIOS", "PAPER_FLOPS_PRUNED", "PAPER_PARAMS_PRUNED",
-    "resnet_conv_id", "resnet_block_of_id", "resnet_target_mid_channels", "vgg_cfg_widths",
+    "resnet_conv_id", "resnet_block_of_id", "resnet_target_mid_channels",
     "target_widths", "l1_keep_plan", "prune_to_widths", "predefined_target", "flops_reduction",
 ]
 
@@ -124,11 +124,6 @@ def resnet_target_mid_channels(depth: int = 56, variant: str | None = "A",
         stage, w = b // n, widths[b // n]
         out.append(w if resnet_conv_id(b) in skip else max(1, int(w * (1 - ratios[stage]))))
     return out
-
-
-def vgg_cfg_widths(cfg: Sequence[int | str]) -> list[int]:
-    """The conv widths of a VGG channel list (``"M"`` entries dropped)."""
-    return [int(v) for v in cfg if v != "M"]
 
 
 def target_widths(model: nn.Module) -> list[int]:

@@ -49,7 +49,7 @@ from pruninglib.core.metrics import time_runs
 from pruninglib.core.surgery import prune_channels
 
 __all__ = ["MacsModel", "uniform_counts", "global_counts", "width_grid", "LatencyTable",
-           "build_latency_table", "time_module", "compare_latency", "netadapt_search", "SearchResult"]
+           "build_latency_table", "time_module", "netadapt_search", "SearchResult"]
 
 Widths = dict[str, int]
 
@@ -247,34 +247,6 @@ def time_module(module: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: in
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     _reduce([0.0], reduce)  # validates ``reduce``
     return _reduce(_run_times(module, x, warmup, repeats, timer), reduce)
-
-
-def compare_latency(named_models: Mapping[str, nn.Module], example: torch.Tensor, rounds: int = 5,
-                    repeats: int = 6, warmup: int = 2, threads: int | None = None,
-                    timer: Callable[[], float] | None = None) -> dict[str, dict[str, float]]:
-    """Time several models *interleaved*: ``rounds`` passes, each timing every model ``repeats`` times.
-
-    On a busy machine the load changes from second to second; timing model A now and
-    model B later compares the load, not the models. Interleaving gives every model the
-    same conditions.
-
-    Returns:
-        ``{name: {"median_s", "min_s", "runs"}}`` over all rounds.
-    """
-    if rounds < 1 or repeats < 1:
-        raise ValueError(f"rounds and repeats must be >= 1, got {rounds}, {repeats}")
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    times: dict[str, list[float]] = {n: [] for n in named_models}
-    try:
-        for r in range(rounds):
-            for n, m in named_models.items():
-                times[n] += _run_times(m, example, warmup if r == 0 else 1, repeats, timer)
-    finally:
-        torch.set_num_threads(old)
-    return {n: {"median_s": float(statistics.median(t)), "min_s": float(min(t)), "runs": len(t)}
-            for n, t in times.items()}
 
 
 @dataclass

@@ -26,12 +26,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pruninglib.criteria.base import Scores, lowest_units
+from pruninglib.criteria.base import ScoreAverage, Scores, lowest_units
+from pruninglib.criteria.magnitude import weight_l2
+from pruninglib.criteria.taylor import weight_fo_unit_scores
 from pruninglib.core.gates import get_gates, insert_gates, set_units
 from pruninglib.core.graph import prunable_layers
 
 __all__ = ["ImportanceAccumulator", "IterativePruner", "scaled_per_step", "select_lowest",
-           "GreedyResult", "greedy_prune", "greedy_scorer", "ONLINE_CRITERIA", "non_gate_parameters"]
+           "GreedyResult", "greedy_prune", "greedy_scorer", "ONLINE_CRITERIA", "non_gate_parameters",
+           "prune_while_finetuning"]
 
 Unit = tuple[str, int]
 
@@ -41,42 +44,35 @@ class ImportanceAccumulator:
 
     As in the authors' code: within a pruning interval the scores are averaged; at a pruning
     step the interval average :math:`\bar s` either replaces the running value (``momentum=0``)
-    or is blended in, :math:`v \leftarrow \mu v + (1-\mu)\bar s` (``momentum=0.9``).
+    or is blended in, :math:`v \leftarrow \mu v + (1-\mu)\bar s` (``momentum=0.9``): two
+    :class:`~pruninglib.criteria.base.ScoreAverage`, one per interval and one across intervals.
+    Used in lesson 02.
     """
 
     def __init__(self, momentum: float = 0.0) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = momentum
-        self._sum: Scores = {}
-        self._n = 0
+        self._interval = ScoreAverage()
+        self._steps = ScoreAverage(momentum)
         self.value: Scores | None = None
 
     def update(self, scores: Scores) -> None:
         """Add one minibatch's scores (kept on their device until :meth:`flush`)."""
-        for k, v in scores.items():
-            v = v.detach()
-            if k in self._sum:
-                self._sum[k].add_(v)
-            else:
-                self._sum[k] = v.double().clone()
-        self._n += 1
+        self._interval.add(scores)
 
     @property
     def count(self) -> int:
         """Minibatches since the last :meth:`flush`."""
-        return self._n
+        return self._interval.count
 
     def flush(self) -> Scores:
         """Close the interval; return (and keep) the momentum-blended average."""
-        if self._n == 0:
+        if self._interval.count == 0:
             raise ValueError("no scores accumulated since the last flush; call update() first")
-        mean = {k: v.cpu() / self._n for k, v in self._sum.items()}
-        if self.value is None or self.momentum == 0.0:
-            self.value = mean
-        else:
-            self.value = {k: self.momentum * self.value[k] + (1 - self.momentum) * mean[k] for k in mean}
-        self._sum, self._n = {}, 0
+        self._steps.add(self._interval.result(torch.float64))
+        self._interval = ScoreAverage()
+        self.value = self._steps.result(torch.float64)
         return {k: v.float() for k, v in self.value.items()}
 
 
@@ -92,26 +88,19 @@ def _gate_fo(model: nn.Module) -> Scores:
 
 
 def _weight_fo(model: nn.Module) -> Scores:
-    """:math:`\\sum_s (w_s g_s)^2` over each unit's filter from ``.grad`` (2019, Taylor FO on weights)."""
+    """Taylor FO on the weights (:func:`~pruninglib.criteria.taylor.weight_fo_unit_scores`) from ``.grad``."""
     out = {}
     for pl in prunable_layers(model):
-        m = pl.module
-        if m.weight.grad is None:
+        if pl.module.weight.grad is None:
             raise ValueError(f"{pl.name}.weight has no gradient: call loss.backward() first")
-        s = (m.weight.detach() * m.weight.grad).pow(2).flatten(1).sum(1)
-        if getattr(m, "bias", None) is not None and m.bias.grad is not None:
-            s = s + (m.bias.detach() * m.bias.grad).pow(2)
-        out[pl.name] = s
+        bias = getattr(pl.module, "bias", None)
+        out[pl.name] = weight_fo_unit_scores(pl, [pl.module.weight.grad] + ([bias.grad] if bias is not None else []))
     return out
-
-
-def _weight_l2(model: nn.Module) -> Scores:
-    return {pl.name: pl.module.weight.detach().flatten(1).norm(dim=1) for pl in prunable_layers(model)}
 
 
 #: Criteria the schedule can read from a training step's gradients at no extra cost.
 ONLINE_CRITERIA: dict[str, Callable[[nn.Module], Scores]] = {
-    "taylor_fo_gate": _gate_fo, "taylor_fo_weight": _weight_fo, "weight_l2": _weight_l2,
+    "taylor_fo_gate": _gate_fo, "taylor_fo_weight": _weight_fo, "weight_l2": weight_l2,
 }
 
 
@@ -247,6 +236,41 @@ class IterativePruner:
 
 
 # --------------------------------------------------------------------------- greedy, no fine-tuning
+
+
+def prune_while_finetuning(model: nn.Module, pruner: "IterativePruner", loader: Sequence | Any,
+                           optimizer: torch.optim.Optimizer, extra_minibatches: int = 0,
+                           loss_fn: Callable = F.cross_entropy, device: torch.device | None = None) -> list[float]:
+    """Fine-tune ``model`` while ``pruner`` removes units, then ``extra_minibatches`` more (Molchanov et al. 2019).
+
+    Every minibatch: forward, backward, ``pruner.step`` (which reads the gradients just computed
+    and, every ``pruner.every`` minibatches, zeros the gates of the least important units), then
+    the optimiser step. Passes over ``loader`` repeat until the pruner is done and the extra
+    minibatches have run. The model is left in eval mode, still gated (``pruner.finalize``
+    removes the units). Used in lesson 02.
+
+    Returns:
+        The training loss of every minibatch.
+    """
+    device = device or next(model.parameters()).device
+    losses: list[float] = []
+    extra: int | None = None
+    model.train()
+    while extra is None or extra > 0:
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            pruner.step(model, loss.item())
+            optimizer.step()
+            losses.append(loss.item())
+            if pruner.done:
+                extra = extra_minibatches if extra is None else extra - 1
+                if extra <= 0:
+                    break
+    model.eval()
+    return losses
 
 
 @dataclass

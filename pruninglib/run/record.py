@@ -32,7 +32,7 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def record(name: str, value: Any, display_value: bool = True) -> Any:
+def record(name: str, value: Any, display_value: bool = True) -> None:
     """Record ``value`` under ``name`` in the running notebook's output.
 
     Args:
@@ -41,7 +41,7 @@ def record(name: str, value: Any, display_value: bool = True) -> Any:
         display_value: also show ``name = value`` as text.
 
     Returns:
-        The JSON-converted value.
+        ``None``, so a cell that ends with ``record(...)`` echoes nothing more.
     """
     value = to_jsonable(value)
     json.dumps(value)  # fail early on values the summary could not store
@@ -53,12 +53,12 @@ def record(name: str, value: Any, display_value: bool = True) -> Any:
 
         if get_ipython() is not None:
             display(payload, raw=True)
-            return value
+            return None
     except ImportError:  # pragma: no cover
         pass
     if display_value:
         print(payload["text/plain"])
-    return value
+    return None
 
 
 def read_records(nb: Any) -> dict[str, Any]:

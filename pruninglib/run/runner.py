@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from pruninglib.tables import markdown_table
+
 __all__ = [
     "MODES",
     "ROOT",
@@ -582,10 +584,6 @@ def _as_number(v: Any) -> float | None:
     return None
 
 
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _records_text(records: dict[str, Any]) -> str:
     parts = []
     for k, v in records.items():
@@ -620,16 +618,14 @@ def write_summary(results: Sequence[RunResult], out_dir: str | Path, mode: str |
         "",
         f"{n_ok}/{len(results)} ok" + (f", mode `{mode}`" if mode else "") + f", written {_dt.datetime.now():%Y-%m-%d %H:%M:%S}.",
         "",
-        "| notebook | parameters | status | seconds | records |",
-        "|---|---|---|---:|---|",
     ]
+    rows = []
     for r in results:
         shown = {k: v for k, v in r.params.items() if k != "MODE"}
         p = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in shown.items())
-        lines.append(
-            f"| {_md_cell(r.notebook)} | {_md_cell(p) or '-'} | {r.status} | {r.seconds:.1f} "
-            f"| {_md_cell(_records_text(r.records)) or '-'} |"
-        )
+        rows.append([r.notebook, p or "-", r.status, f"{r.seconds:.1f}", _records_text(r.records) or "-"])
+    lines.append(markdown_table(rows, headers=["notebook", "parameters", "status", "seconds", "records"],
+                                align=["l", "l", "l", "r", "l"], fmt=str))
     failures = [r for r in results if not r.ok]
     if failures:
         lines += ["", "## Failures", ""]
@@ -679,11 +675,8 @@ def write_grid(results: Sequence[RunResult], out_dir: str | Path, grid_keys: Seq
         w.writerows(rows)
     written.append(csv_path)
 
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        md.append("| " + " | ".join(_md_cell(_fmt_value(row[h])) for h in header) + " |")
     md_path = out_dir / "grid.md"
-    md_path.write_text("# Grid\n\n" + "\n".join(md) + "\n", encoding="utf-8")
+    md_path.write_text("# Grid\n\n" + markdown_table(rows, header, fmt=_fmt_value) + "\n", encoding="utf-8")
     written.append(md_path)
 
     # Figures: no pyplot, so the caller's backend and global state stay untouched.

@@ -1,0 +1,82 @@
+r"""The LeNet3 that lessons 02 and 03 share, trained once per mode and cached.
+
+LeNet3 (Molchanov et al. 2019, Sec. 4.1: two 5x5 convolutions with 16 and 32 filters, then
+fully connected 512-120-84-10) trained with SGD on Fashion-MNIST (MNIST in paper mode).
+:data:`LENET3_TRAINING` holds its settings per mode, so both lessons hit one cache entry;
+:func:`reference_model` trains any other model the same way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import TensorDataset
+
+from pruninglib.cache import cached
+from pruninglib.data import load_tensors
+from pruninglib.models import build_model
+from pruninglib.train import fit, make_loader
+from pruninglib.utils import get_device, set_seed
+
+__all__ = ["LENET3_TRAINING", "reference_model", "reference_lenet3"]
+
+
+#: Training settings of the LeNet3 shared by lessons 02 and 03 (same settings -> same cache entry).
+LENET3_TRAINING: dict[str, dict[str, Any]] = {
+    "quick": {"dataset": "fashion_mnist", "n_per_class": 1000, "epochs": 6, "batch_size": 64,
+              "lr": 0.01, "momentum": 0.9, "seed": 0},
+    "laptop": {"dataset": "fashion_mnist", "n_per_class": None, "epochs": 8, "batch_size": 64,
+               "lr": 0.01, "momentum": 0.9, "seed": 0},
+    "paper": {"dataset": "mnist", "n_per_class": None, "epochs": 10, "batch_size": 64,
+              "lr": 0.01, "momentum": 0.9, "seed": 0},
+}
+
+
+def reference_model(model: str = "lenet3", model_kwargs: dict[str, Any] | None = None,
+                    dataset: str = "fashion_mnist", n_per_class: int | None = 1000, epochs: int = 6,
+                    batch_size: int = 64, lr: float = 0.01, momentum: float = 0.9,
+                    weight_decay: float = 0.0, seed: int = 0, device: torch.device | None = None,
+                    progress: bool = True, train_data: TensorDataset | None = None
+                    ) -> tuple[torch.nn.Module, list[dict]]:
+    """A model trained with SGD, computed once per settings with :func:`pruninglib.cache.cached`
+    (key: ``"<model>_reference"`` + every setting).
+
+    Args:
+        model: a :func:`pruninglib.models.build_model` name; ``model_kwargs`` its arguments.
+        dataset: training data (:func:`load_tensors`, normalised).
+        n_per_class: training examples per class (``None``: the whole training set).
+        epochs, batch_size, lr, momentum, weight_decay: SGD settings (constant learning rate).
+        seed: initialisation and shuffling seed.
+        device: where to train (default :func:`pruninglib.utils.get_device`).
+        train_data: the training tensors if already loaded (they must match the settings).
+
+    Returns:
+        ``(model in eval mode on device, training history)``.
+    """
+    device = device or get_device()
+    model_kwargs = dict(model_kwargs or {})
+    params = {"model": model, "model_kwargs": model_kwargs, "dataset": dataset, "n_per_class": n_per_class,
+              "epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
+              "weight_decay": weight_decay, "seed": seed}
+
+    def train() -> dict[str, Any]:
+        data = train_data if train_data is not None else load_tensors(dataset, "train", n_per_class, seed)
+        set_seed(seed)
+        net = build_model(model, **model_kwargs).to(device)
+        hist = fit(net, make_loader(data, batch_size, shuffle=True, seed=seed), epochs, lr=lr,
+                   momentum=momentum, weight_decay=weight_decay, progress=progress)
+        return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "history": hist}
+
+    res = cached(f"{model}_reference", params, train)
+    net = build_model(model, **model_kwargs)
+    net.load_state_dict(res["state_dict"])
+    return net.to(device).eval(), res["history"]
+
+
+def reference_lenet3(dataset: str = "fashion_mnist", n_per_class: int | None = 1000, epochs: int = 6,
+                     batch_size: int = 64, lr: float = 0.01, momentum: float = 0.9, seed: int = 0,
+                     **kw: Any) -> tuple[torch.nn.Module, list[dict]]:
+    """The trained LeNet3 of lessons 02 and 03 (Molchanov et al. 2019, Sec. 4.1); call it with
+    ``**LENET3_TRAINING[MODE]`` so both lessons share one cache entry. See :func:`reference_model`."""
+    return reference_model("lenet3", {}, dataset, n_per_class, epochs, batch_size, lr, momentum, 0.0,
+                           seed, **kw)
