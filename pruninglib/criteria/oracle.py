@@ -118,6 +118,45 @@ def _chunks(idx: list[int], size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
+def _scheme(model: nn.Module, pl: PrunableLayer, value: float, method: str) -> str:
+    """The removal scheme for one layer: :func:`oracle_method`'s choice, or ``method`` if it applies."""
+    auto = oracle_method(model, pl, value)
+    m = auto if method == "auto" else method
+    if m == "consumer" and auto != "consumer":
+        raise ValueError(f"method 'consumer' does not apply to layer {pl.name!r} (it needs a chain "
+                         f"model, value=0 and channel-wise modules before {pl.consumer_name!r}); "
+                         f"use method='auto'")
+    if m == "host" and auto == "input":
+        raise ValueError(f"method 'host' needs a chain model; use method='auto' or 'input' for "
+                         f"{type(model).__name__}")
+    return m
+
+
+def _plain_pass(model: nn.Module, layers: Sequence[PrunableLayer], named: dict, schemes: dict[str, str],
+                x: torch.Tensor, y: torch.Tensor, loss_fn: Callable
+                ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor]]:
+    """One pass of the unmodified model: its loss, and every consumer's input and output (scheme
+    "consumer") or gate host's output (scheme "host"), cloned because an in-place ReLU further on
+    may overwrite the tensors the hooks see."""
+    cons_io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    host_out: dict[str, torch.Tensor] = {}
+    handles = []
+    for pl in layers:
+        if schemes[pl.name] == "consumer":
+            handles.append(named[pl.consumer_name].register_forward_hook(
+                lambda mod, inp, out, name=pl.name: cons_io.__setitem__(name, (inp[0].clone(), out.clone())),
+                prepend=True))
+        elif schemes[pl.name] == "host":
+            handles.append(named[_host_name(pl)].register_forward_hook(
+                lambda mod, inp, out, name=pl.name: host_out.__setitem__(name, out.clone())))
+    try:
+        base = loss_fn(model(x), y).double()
+    finally:
+        for h in handles:
+            h.remove()
+    return base, cons_io, host_out
+
+
 def oracle_loss_change(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy,
                        kinds: tuple[str, ...] = ("conv", "linear"),
                        units: dict[str, Sequence[int]] | None = None, value: float = 0.0,
@@ -159,18 +198,7 @@ def oracle_loss_change(model: nn.Module, batches: Iterable, loss_fn: Callable = 
     device = next(model.parameters()).device
     todo = {pl.name: list(range(pl.num_units)) if units is None else sorted(int(i) for i in units.get(pl.name, []))
             for pl in layers}
-    schemes = {}
-    for pl in layers:
-        auto = oracle_method(model, pl, value)
-        m = auto if method == "auto" else method
-        if m == "consumer" and auto != "consumer":
-            raise ValueError(f"method 'consumer' does not apply to layer {pl.name!r} (it needs a chain "
-                             f"model, value=0 and channel-wise modules before {pl.consumer_name!r}); "
-                             f"use method='auto'")
-        if m == "host" and auto == "input":
-            raise ValueError(f"method 'host' needs a chain model; use method='auto' or 'input' for "
-                             f"{type(model).__name__}")
-        schemes[pl.name] = m
+    schemes = {pl.name: _scheme(model, pl, value, method) for pl in layers}
     sums = {pl.name: torch.zeros(pl.num_units, dtype=torch.float64) for pl in layers}
     base_total, count = 0.0, 0
     was_training = model.training
@@ -180,24 +208,7 @@ def oracle_loss_change(model: nn.Module, batches: Iterable, loss_fn: Callable = 
         for x, y in tqdm(batches, desc="oracle", leave=False, disable=not progress):
             x, y = x.to(device), y.to(device)
             n = len(y)
-            # 1) one plain pass: cache every consumer's input and output (or gate-host output); cloned,
-            #    because an in-place ReLU further on may overwrite the tensors the hooks see
-            cons_io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            host_out: dict[str, torch.Tensor] = {}
-            handles = []
-            for pl in layers:
-                if schemes[pl.name] == "consumer":
-                    handles.append(named[pl.consumer_name].register_forward_hook(
-                        lambda mod, inp, out, name=pl.name: cons_io.__setitem__(name, (inp[0].clone(), out.clone())),
-                        prepend=True))
-                elif schemes[pl.name] == "host":
-                    handles.append(named[_host_name(pl)].register_forward_hook(
-                        lambda mod, inp, out, name=pl.name: host_out.__setitem__(name, out.clone())))
-            try:
-                base = loss_fn(model(x), y).double()
-            finally:
-                for h in handles:
-                    h.remove()
+            base, cons_io, host_out = _plain_pass(model, layers, named, schemes, x, y, loss_fn)
             base_total += float(base) * n
             count += n
             k = max(1, max_rows // n)

@@ -275,6 +275,29 @@ def _class_jacobians(out: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.
     return [torch.stack([pc[i] for pc in per_c]) for i in range(len(acts))]
 
 
+def _gate_terms(model: nn.Module, layers: Sequence[PrunableLayer], x: torch.Tensor, y: torch.Tensor,
+                loss_fn: Callable, second_order: bool, hessian: str, per_ex_grad: Callable, per_ex_hess: Callable
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    r"""One minibatch's per-example gate gradients :math:`z\,\partial \ell_n/\partial z` (``(N, m)`` per
+    layer) and, with ``second_order``, the minibatch's gate Hessian diagonal (Gauss-Newton or exact)."""
+    n = len(y)
+    with _Tape(layers) as tape:
+        out = model(x.detach().requires_grad_(x.is_floating_point()))
+    acts = [tape.acts[pl.name] for pl in layers]
+    if not second_order:
+        gs = torch.autograd.grad(loss_fn(out, y), acts)
+        return [_reduce(a * g, 1) * n for a, g in zip(acts, gs)], [None] * len(layers)
+    J = _class_jacobians(out, acts)                      # per layer (C, N, m)
+    dl = per_ex_grad(out.detach(), y)                     # (N, C)
+    G = [torch.einsum("nc,cnm->nm", dl, j) for j in J]   # z dl_n/dz, per example
+    if hessian == "gauss_newton":
+        lam = per_ex_hess(out.detach(), y)                # (N, C, C)
+        Hb = [torch.einsum("cnm,ncd,dnm->m", j, lam, j) / n for j in J]
+    else:
+        Hb = [gate_hessian_diag_exact(model, x.detach(), y, loss_fn, pl.name) for pl in layers]
+    return G, Hb
+
+
 def gate_taylor_statistics(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy,
                            kinds: tuple[str, ...] = ("conv", "linear"), second_order: bool = True,
                            hessian: str = "gauss_newton", momentum: float | None = None,
@@ -319,23 +342,7 @@ def gate_taylor_statistics(model: nn.Module, batches: Iterable, loss_fn: Callabl
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             n = len(y)
-            with _Tape(layers) as tape:
-                out = model(x.detach().requires_grad_(x.is_floating_point()))
-            acts = [tape.acts[k] for k in names]
-            if second_order:
-                J = _class_jacobians(out, acts)                      # per layer (C, N, m)
-                dl = per_ex_grad(out.detach(), y)                     # (N, C)
-                G = [torch.einsum("nc,cnm->nm", dl, j) for j in J]   # z dl_n/dz, per example
-                if hessian == "gauss_newton":
-                    lam = per_ex_hess(out.detach(), y)                # (N, C, C)
-                    Hb = [torch.einsum("cnm,ncd,dnm->m", j, lam, j) / n for j in J]
-                else:
-                    Hb = [gate_hessian_diag_exact(model, x.detach(), y, loss_fn, pl.name)
-                          for pl in layers]
-            else:
-                gs = torch.autograd.grad(loss_fn(out, y), acts)
-                G = [_reduce(a * g, 1) * n for a, g in zip(acts, gs)]
-                Hb = [None] * len(names)
+            G, Hb = _gate_terms(model, layers, x, y, loss_fn, second_order, hessian, per_ex_grad, per_ex_hess)
             fo_b, so_b = {}, {}
             for k, Gk, Hk in zip(names, G, Hb):
                 Gk = Gk.detach().double().cpu()

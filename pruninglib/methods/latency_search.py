@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from pruninglib.core.graph import prunable_layers
+from pruninglib.core.graph import PrunableLayer, prunable_layers
 from pruninglib.core.metrics import time_runs
 from pruninglib.core.surgery import prune_channels
 
@@ -346,6 +346,85 @@ def _resized(m: nn.Module, cin: int, cout: int, f: int) -> nn.Module:
     return copy.deepcopy(m)
 
 
+_Job = tuple  # (leaves of the segment, head name or "", in layer, out layer, in grid, out grid, spatial factor)
+
+
+def _segment_groups(model: nn.Module, example: torch.Tensor) -> tuple[list[list[tuple[str, nn.Module]]], dict]:
+    """The model's leaves that run on ``example``, grouped into segments that each start at a
+    Conv2d/Linear (a fixed prefix before the first one is its own segment), and their I/O shapes."""
+    leaves = _leaves(model)
+    shapes = _io_shapes(model, example, [m for _, m in leaves])
+    groups: list[list[tuple[str, nn.Module]]] = []
+    for n, m in leaves:
+        if id(m) not in shapes:
+            continue
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or not groups:
+            groups.append([])
+        groups[-1].append((n, m))
+    return groups, shapes
+
+
+def _segment_jobs(groups: list[list[tuple[str, nn.Module]]], feeds: dict[int, PrunableLayer], full: dict[str, int],
+                  grid: Mapping[str, Sequence[int]]) -> list[_Job]:
+    """For every segment: which prunable layers set its input and output widths, and their grids."""
+    jobs = []
+    for grp in groups:
+        head_name, head = grp[0]
+        weighted = isinstance(head, (nn.Conv2d, nn.Linear))
+        prod = feeds.get(id(head)) if weighted else None
+        f = prod.spatial_factor() if prod is not None and isinstance(head, nn.Linear) else 1
+        if weighted:
+            cin_fixed = head.in_channels if isinstance(head, nn.Conv2d) else head.in_features // f
+            cout_fixed = head.out_channels if isinstance(head, nn.Conv2d) else head.out_features
+        else:
+            cin_fixed = cout_fixed = 0
+        in_layer = prod.name if prod is not None else None
+        out_layer = head_name if head_name in full else None
+        in_grid = [int(v) for v in grid[in_layer]] if in_layer else [cin_fixed]
+        out_grid = [int(v) for v in grid[out_layer]] if out_layer else [cout_fixed]
+        jobs.append((grp, head_name if weighted else "", in_layer, out_layer, in_grid, out_grid, f))
+    return jobs
+
+
+def _segment_inputs(jobs: list[_Job], shapes: dict, device: torch.device, dtype: torch.dtype
+                    ) -> tuple[dict[tuple[int, int], torch.Tensor], list[tuple[int, int, int, int, int]]]:
+    """One random input per (segment, input width), and the table's cells
+    ``(segment, i, j, input width, output width)``."""
+    inputs: dict[tuple[int, int], torch.Tensor] = {}
+    cells = []
+    for k, (grp, name, in_layer, out_layer, in_grid, out_grid, f) in enumerate(jobs):
+        ishape = shapes[id(grp[0][1])][0]
+        for i, a in enumerate(in_grid):
+            if not name:
+                shape = ishape
+            elif len(ishape) == 2:
+                shape = (ishape[0], a * f)
+            else:
+                shape = (ishape[0], a) + ishape[2:]
+            inputs[(k, i)] = torch.randn(shape, device=device, dtype=dtype)
+            cells += [(k, i, j, a, b) for j, b in enumerate(out_grid)]
+    return inputs, cells
+
+
+def _time_cells(jobs: list[_Job], inputs: dict[tuple[int, int], torch.Tensor], cells: list, rounds: int,
+                warmup: int, repeats: int, timer: Callable[[], float] | None, progress: bool
+                ) -> dict[tuple[int, int, int], list[float]]:
+    """Time every cell ``rounds`` times, round by round (each segment rebuilt at the cell's widths)."""
+    runs: dict[tuple[int, int, int], list[float]] = {(k, i, j): [] for k, i, j, _, _ in cells}
+    bar = tqdm(total=rounds * len(cells), desc="latency table", disable=not progress, leave=False)
+    for r in range(rounds):
+        for k, i, j, a, b in cells:
+            grp, name, f = jobs[k][0], jobs[k][1], jobs[k][6]
+            if name:  # the segment rebuilt at widths (a, b), weights sliced from the model's
+                seq = nn.Sequential(*[_resized(m, a, b, f) for _, m in grp])
+            else:
+                seq = nn.Sequential(*[copy.deepcopy(m) for _, m in grp])
+            runs[(k, i, j)] += _run_times(seq, inputs[(k, i)], warmup if r == 0 else 1, repeats, timer)
+            bar.update(1)
+    bar.close()
+    return runs
+
+
 def build_latency_table(model: nn.Module, example: torch.Tensor, grid: Mapping[str, Sequence[int]],
                         warmup: int = 2, repeats: int = 5, threads: int | None = None,
                         timer: Callable[[], float] | None = None, reduce: str = "median",
@@ -378,64 +457,18 @@ def build_latency_table(model: nn.Module, example: torch.Tensor, grid: Mapping[s
     if missing:
         raise ValueError(f"grid must list every prunable layer with its full width included; check {missing} "
                          "(use width_grid(model, fractions))")
-    feeds = {id(pl.consumer): pl for pl in layers}
-    leaves = _leaves(model)
-    shapes = _io_shapes(model, example, [m for _, m in leaves])
-    leaves = [(n, m) for n, m in leaves if id(m) in shapes]
-    groups: list[list[tuple[str, nn.Module]]] = []
-    for n, m in leaves:
-        if isinstance(m, (nn.Conv2d, nn.Linear)) or not groups:
-            groups.append([])
-        groups[-1].append((n, m))
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    groups, shapes = _segment_groups(model, example)
+    jobs = _segment_jobs(groups, {id(pl.consumer): pl for pl in layers}, full, grid)
     dev = example.device
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    segments: list[_Segment] = []
     try:
-        jobs = []
-        for grp in groups:
-            head_name, head = grp[0]
-            weighted = isinstance(head, (nn.Conv2d, nn.Linear))
-            prod = feeds.get(id(head)) if weighted else None
-            f = prod.spatial_factor() if prod is not None and isinstance(head, nn.Linear) else 1
-            if weighted:
-                cin_fixed = head.in_channels if isinstance(head, nn.Conv2d) else head.in_features // f
-                cout_fixed = head.out_channels if isinstance(head, nn.Conv2d) else head.out_features
-            else:
-                cin_fixed = cout_fixed = 0
-            in_layer = prod.name if prod is not None else None
-            out_layer = head_name if head_name in full else None
-            in_grid = [int(v) for v in grid[in_layer]] if in_layer else [cin_fixed]
-            out_grid = [int(v) for v in grid[out_layer]] if out_layer else [cout_fixed]
-            jobs.append((grp, head_name if weighted else "", in_layer, out_layer, in_grid, out_grid, f))
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {rounds}")
-        inputs: dict[tuple[int, int], torch.Tensor] = {}  # one random input per (segment, input width)
-        cells = []  # (segment index, i, j, input width, output width)
-        for k, (grp, name, in_layer, out_layer, in_grid, out_grid, f) in enumerate(jobs):
-            ishape = shapes[id(grp[0][1])][0]
-            for i, a in enumerate(in_grid):
-                if not name:
-                    shape = ishape
-                elif len(ishape) == 2:
-                    shape = (ishape[0], a * f)
-                else:
-                    shape = (ishape[0], a) + ishape[2:]
-                inputs[(k, i)] = torch.randn(shape, device=dev, dtype=example.dtype)
-                cells += [(k, i, j, a, b) for j, b in enumerate(out_grid)]
-        runs: dict[tuple[int, int, int], list[float]] = {(k, i, j): [] for k, i, j, _, _ in cells}
-        bar = tqdm(total=rounds * len(cells), desc="latency table", disable=not progress, leave=False)
-        for r in range(rounds):
-            for k, i, j, a, b in cells:
-                grp, name, f = jobs[k][0], jobs[k][1], jobs[k][6]
-                if name:  # the segment rebuilt at widths (a, b), weights sliced from the model's
-                    seq = nn.Sequential(*[_resized(m, a, b, f) for _, m in grp])
-                else:
-                    seq = nn.Sequential(*[copy.deepcopy(m) for _, m in grp])
-                runs[(k, i, j)] += _run_times(seq, inputs[(k, i)], warmup if r == 0 else 1, repeats, timer)
-                bar.update(1)
-        bar.close()
+        inputs, cells = _segment_inputs(jobs, shapes, dev, example.dtype)
+        runs = _time_cells(jobs, inputs, cells, rounds, warmup, repeats, timer, progress)
+        segments = []
         for k, (grp, name, in_layer, out_layer, in_grid, out_grid, f) in enumerate(jobs):
             times = np.zeros((len(in_grid), len(out_grid)))
             for i in range(len(in_grid)):

@@ -453,6 +453,63 @@ def _progress(i: int, total: int, r: RunResult) -> None:
     print(f"[{i}/{total}] {r.status:<6} {what} ({r.seconds:.1f} s){tail}", flush=True)
 
 
+def _make_tasks(notebooks: list[Path], mode: str, params: dict[str, Any], grid: dict[str, list[Any]],
+                out_dir: Path, kernel: str, timeout: float | None, html: bool) -> list[_Task]:
+    """One task per (notebook, grid combination), in notebook order."""
+    base = os.path.commonpath([str(nb.parent) for nb in notebooks]) if notebooks else None
+    # Lessons sit in notebooks/, solutions one level down: keep the two apart.
+    base_path = Path(base) if base else None
+    if base_path is not None and base_path.name == "solutions":
+        base_path = base_path.parent
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    tasks: list[_Task] = []
+    for nb in notebooks:
+        name = _label(nb, base_path)
+        for combo in combos:
+            tasks.append(_Task(index=len(tasks), input_path=str(nb), output_path=str(out_dir / _output_name(name, combo)),
+                               name=name, parameters={"MODE": mode, **params, **combo}, combo=combo, kernel=kernel,
+                               timeout=timeout, html=html))
+    return tasks
+
+
+def _run_serial(tasks: list[_Task], progress: bool) -> list[RunResult]:
+    """Execute the tasks one after the other in this process."""
+    results = []
+    for t in tasks:
+        results.append(_execute(t))
+        if progress:
+            _progress(len(results), len(tasks), results[-1])
+    return results
+
+
+def _crashed(t: _Task, exc: BaseException) -> RunResult:
+    """The result of a task whose worker process died."""
+    return RunResult(notebook=t.name, params=dict(t.parameters), status="FAILED", seconds=0.0,
+                     error=f"{type(exc).__name__}: {_first_line(str(exc))}", input_path=t.input_path,
+                     output_path=t.output_path, combo=dict(t.combo))
+
+
+def _run_pool(tasks: list[_Task], jobs: int, progress: bool) -> list[RunResult]:
+    """Execute the tasks in ``jobs`` worker processes (spawned: no fork of live ZMQ/asyncio state),
+    each limited to its share of the CPU threads; results come back in task order."""
+    results: list[RunResult | None] = [None] * len(tasks)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx, initializer=_limit_threads,
+                                initargs=(threads,)) as pool:
+        futures = {pool.submit(_execute, t): t for t in tasks}
+        for done, fut in enumerate(cf.as_completed(futures), 1):
+            t = futures[fut]
+            try:
+                r = fut.result()
+            except Exception as exc:  # worker crash: keep the others going
+                r = _crashed(t, exc)
+            results[t.index] = r
+            if progress:
+                _progress(done, len(tasks), r)
+    return [r for r in results if r is not None]
+
+
 def run_notebooks(
     notebooks: list[Path],
     mode: str = "quick",
@@ -499,75 +556,16 @@ def run_notebooks(
 
     out_dir = Path(out) if out is not None else _default_out()
     out_dir.mkdir(parents=True, exist_ok=True)
-    kernel = kernel or default_kernel()
-    base = os.path.commonpath([str(nb.parent) for nb in notebooks]) if notebooks else None
-    # Lessons sit in notebooks/, solutions one level down: keep the two apart.
-    base_path = Path(base) if base else None
-    if base_path is not None and base_path.name == "solutions":
-        base_path = base_path.parent
-
-    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
-    tasks: list[_Task] = []
-    for nb in notebooks:
-        name = _label(nb, base_path)
-        for combo in combos:
-            tasks.append(
-                _Task(
-                    index=len(tasks),
-                    input_path=str(nb),
-                    output_path=str(out_dir / _output_name(name, combo)),
-                    name=name,
-                    parameters={"MODE": mode, **params, **combo},
-                    combo=combo,
-                    kernel=kernel,
-                    timeout=timeout,
-                    html=html,
-                )
-            )
-
-    results: list[RunResult | None] = [None] * len(tasks)
-    done = 0
+    tasks = _make_tasks(notebooks, mode, params, grid, out_dir, kernel or default_kernel(), timeout, html)
     if jobs == 1 or len(tasks) <= 1:
-        for t in tasks:
-            results[t.index] = r = _execute(t)
-            done += 1
-            if progress:
-                _progress(done, len(tasks), r)
+        results = _run_serial(tasks, progress)
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        ctx = multiprocessing.get_context("spawn")  # no fork of live ZMQ/asyncio state
-        with cf.ProcessPoolExecutor(
-            max_workers=min(jobs, len(tasks)),
-            mp_context=ctx,
-            initializer=_limit_threads,
-            initargs=(threads,),
-        ) as pool:
-            futures = {pool.submit(_execute, t): t for t in tasks}
-            for fut in cf.as_completed(futures):
-                t = futures[fut]
-                try:
-                    r = fut.result()
-                except Exception as exc:  # worker crash: keep the others going
-                    r = RunResult(
-                        notebook=t.name,
-                        params=dict(t.parameters),
-                        status="FAILED",
-                        seconds=0.0,
-                        error=f"{type(exc).__name__}: {_first_line(str(exc))}",
-                        input_path=t.input_path,
-                        output_path=t.output_path,
-                        combo=dict(t.combo),
-                    )
-                results[t.index] = r
-                done += 1
-                if progress:
-                    _progress(done, len(tasks), r)
+        results = _run_pool(tasks, jobs, progress)
 
-    final = [r for r in results if r is not None]
-    write_summary(final, out_dir, mode=mode)
+    write_summary(results, out_dir, mode=mode)
     if grid:
-        write_grid(final, out_dir, list(grid))
-    return final
+        write_grid(results, out_dir, list(grid))
+    return results
 
 
 # --------------------------------------------------------------------------- reports
