@@ -148,3 +148,13 @@ def test_reference_model_is_cached(tmp_path, monkeypatch):
     assert h1 == h2 and not m2.training
     for (k, v), (_, w) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(v, w), k
+
+
+def test_oracle_scores_carry_no_autograd_graph():
+    """The oracle only evaluates: its scores are plain tensors a plot or NumPy can take (no grad)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    scores = oracle_loss_change(model, [(x, y)])
+    assert all(not s.requires_grad for s in scores.values())
+    scores["0"].numpy()  # raises if the tensor required grad

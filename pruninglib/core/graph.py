@@ -86,6 +86,30 @@ def _is_chain(model: nn.Module) -> bool:
         model, "pl_is_chain", False)
 
 
+def _non_chain_child(module: nn.Module, prefix: str = "") -> tuple[str, nn.Module] | None:
+    """The first submodule of an ``nn.Sequential`` stack that is neither a leaf layer (gates
+    aside) nor itself a plain stack: a block with a forward of its own (a residual add, a
+    downsample branch, a concatenation) whose data flow the chain walk would get wrong."""
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if _is_gate(child):
+            continue
+        grandchildren = [c for c in child.children() if not _is_gate(c)]
+        if not grandchildren:
+            continue  # a leaf layer
+        if type(child) is nn.Sequential or isinstance(child, torchvision.models.VGG):
+            found = _non_chain_child(child, full)
+            if found:
+                return found
+            continue
+        return full, child
+    return None
+
+
+#: Leaf layers with parameters that the surgery can resize (plus the gates it inserts).
+_SUPPORTED_WEIGHTED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
 def _is_gate(m: nn.Module) -> bool:
     return type(m).__name__ == "Gate" and type(m).__module__ == "pruninglib.core.gates"
 
@@ -102,7 +126,9 @@ def _check_layer(name: str, m: nn.Module) -> None:
         raise UnsupportedModelError(
             f"layer {name!r} is a grouped/depthwise Conv2d (groups={m.groups}); the surgery supports "
             "groups=1 only. Exclude it from pruning or add a prunable_groups() method to the model.")
-    if isinstance(m, (nn.ConvTranspose2d, nn.Conv1d, nn.Conv3d)):
+    own_params = [p for n, p in m.named_parameters(recurse=False)]
+    if isinstance(m, (nn.ConvTranspose2d, nn.Conv1d, nn.Conv3d)) or (
+            own_params and not isinstance(m, _SUPPORTED_WEIGHTED)):
         raise UnsupportedModelError(
             f"layer {name!r} ({type(m).__name__}) is not supported by the surgery; only Conv2d, "
             "Linear and BatchNorm are. Exclude it or add a prunable_groups() method to the model.")
@@ -125,6 +151,15 @@ def prunable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear"
             out.append(PrunableLayer(prod, named[prod], norm, named[norm] if norm else None,
                                      cons, named[cons]))
     elif _is_chain(model):
+        if type(model) is nn.Sequential or isinstance(model, torchvision.models.VGG):
+            found = _non_chain_child(model)
+            if found:
+                raise UnsupportedModelError(
+                    f"{type(model).__name__} is not a plain chain: its child {found[0]!r} "
+                    f"({type(found[1]).__name__}) has a forward of its own (a residual add, a branch, ...), "
+                    "so the layer after a producer is not necessarily its consumer. Give the model a "
+                    "prunable_groups() method returning (producer, batchnorm-or-None, consumer) names, or "
+                    "prune it with Torch-Pruning's DependencyGraph, which traces such couplings.")
         leaves = leaf_layers(model)
         for n, m in leaves:
             _check_layer(n, m)

@@ -1,6 +1,7 @@
 """The criterion interface: scores per unit, a registry by name, normalisation, ranking."""
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Mapping
 
 import torch
@@ -55,10 +56,15 @@ def lowest_units(scores: Scores, n: int, min_keep: int = 1,
             neither picked nor counted toward ``min_keep``); default: all units are in.
 
     Raises:
-        ValueError: if ``n`` is negative or more units are asked for than can go.
+        TypeError: ``n`` is not an integer (2.5, NaN, a bool).
+        ValueError: ``n`` is negative, or more units are asked for than can go.
     """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n, the number of units to remove, must be an integer, got {n!r} "
+                        f"({type(n).__name__}); round it first, e.g. int(ratio * total)")
+    n = int(n)
     if n < 0:
-        raise ValueError(f"number of units to remove must be >= 0, got {n}")
+        raise ValueError(f"n, the number of units to remove, must be >= 0, got {n}")
     left = {name: (int(alive[name].sum()) if alive is not None else len(v)) for name, v in scores.items()}
     removable = sum(max(0, c - min_keep) for c in left.values())
     if n > removable:

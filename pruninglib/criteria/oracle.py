@@ -117,7 +117,6 @@ def _chunks(idx: list[int], size: int) -> list[list[int]]:
     return [idx[i:i + size] for i in range(0, len(idx), size)]
 
 
-@torch.no_grad()
 def _scheme(model: nn.Module, pl: PrunableLayer, value: float, method: str) -> str:
     """The removal scheme for one layer: :func:`oracle_method`'s choice, or ``method`` if it applies."""
     auto = oracle_method(model, pl, value)
@@ -157,6 +156,7 @@ def _plain_pass(model: nn.Module, layers: Sequence[PrunableLayer], named: dict, 
     return base, cons_io, host_out
 
 
+@torch.no_grad()
 def oracle_loss_change(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entropy,
                        kinds: tuple[str, ...] = ("conv", "linear"),
                        units: dict[str, Sequence[int]] | None = None, value: float = 0.0,
