@@ -15,7 +15,9 @@ This module makes that test repeatable over many random restarts, all of them ve
   once, optionally with some weights clamped at 0;
 * :func:`xor_pruning_trial`: for each trained network, the weight that magnitude, OBD and OBS
   would delete first, and the weight whose deletion *in fact* hurts least: the one with the
-  lowest error after clamping it to 0 and retraining the other eight weights to a minimum.
+  lowest error after clamping it to 0 and retraining the other eight weights to a minimum;
+* :func:`xor_miss_diagnostics` and :func:`example_network`: why the methods miss, and one network
+  to look at (lesson 01).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pruninglib.criteria.obd import magnitude_saliency, obd_saliency
 from pruninglib.criteria.obs import obs_saliency
 
 __all__ = ["XOR_X", "XOR_T", "XOR_NAMES", "xor_forward", "xor_error", "minimize_batched",
-           "train_xor", "XorTrial", "xor_pruning_trial"]
+           "train_xor", "XorTrial", "xor_pruning_trial", "xor_miss_diagnostics", "example_network"]
 
 XOR_X = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.float64)
 XOR_T = torch.tensor([0., 1., 1., 0.], dtype=torch.float64)
@@ -195,3 +197,43 @@ def xor_pruning_trial(theta: torch.Tensor, weight_decay: float = 1e-3, steps: in
     solved = ((xor_forward(theta) - XOR_T).abs() < 0.5).all(-1)
     return XorTrial(theta, solved, f(theta), choice, retrained, cur.view(R, 9, 9), zeroed, retrained.argmin(-1),
                     zeroed.argmin(-1), sal)
+
+
+def xor_miss_diagnostics(trial: XorTrial, weight_decay: float = 1e-3) -> dict[str, float | int | None]:
+    r"""Why the methods miss on the solved networks of ``trial``. Used in lesson 01.
+
+    Returns:
+        ``"offdiag_share"``: median over the solved networks of
+        :math:`\lVert H - \mathrm{diag}(H)\rVert_F / \lVert H\rVert_F` (what OBD ignores);
+        ``"magnitude_bias_first"``: fraction of them where magnitude deletes a bias (a1, a2, c) first;
+        ``"obs_misses"``: how many OBS gets wrong; where it does, ``"obs_miss_ratio"``: the median
+        of OBS's predicted cost of the correct weight over its actual retrained cost, and
+        ``"obs_miss_size"``: the median :math:`|\theta|` of that weight (both ``None`` without misses);
+        ``"median_abs_weight"``: the median :math:`|\theta|` of all weights of the solved networks.
+    """
+    Hx = vmap(hessian(lambda t: xor_error(t, weight_decay)))(trial.theta[trial.solved])
+    offdiag = float(((Hx - torch.diag_embed(torch.diagonal(Hx, dim1=1, dim2=2))).norm(dim=(1, 2))
+                     / Hx.norm(dim=(1, 2))).median())
+    mag_bias = float(torch.isin(trial.choice["magnitude"][trial.solved], torch.tensor([4, 5, 8])).double().mean())
+    miss = trial.solved & ~trial.correct("OBS")
+    ratio = size = None
+    if miss.any():
+        rows = torch.nonzero(miss).flatten()
+        b = trial.best[rows]
+        pred_b = trial.saliency["OBS"][rows, b]
+        act_b = trial.retrained_error[rows, b] - trial.error[rows]
+        ratio = float((pred_b / act_b).median())
+        size = float(trial.theta[rows, b].abs().median())
+    return {"offdiag_share": offdiag, "magnitude_bias_first": mag_bias, "obs_misses": int(miss.sum()),
+            "obs_miss_ratio": ratio, "obs_miss_size": size,
+            "median_abs_weight": float(trial.theta[trial.solved].abs().median())}
+
+
+def example_network(trial: XorTrial) -> int:
+    """One network of ``trial`` to look at: the first solved one where OBD is wrong and OBS right,
+    else the first where OBD is wrong, else the first solved one (else network 0). Used in lesson 01."""
+    for pick in (trial.solved & ~trial.correct("OBD") & trial.correct("OBS"), trial.solved & ~trial.correct("OBD"),
+                 trial.solved):
+        if pick.any():
+            return int(torch.nonzero(pick).flatten()[0])
+    return 0
