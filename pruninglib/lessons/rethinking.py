@@ -19,12 +19,14 @@ value of (automatic) pruning lies in the architecture it finds.
 This module holds the reusable parts: the budgets, a training loop that saves a checkpoint
 (atomic, with checksum) after every epoch and resumes bit-identically (:func:`train_resumable`),
 a runner for one experiment and seed (:func:`run_experiment`; the datasets are injected, so
-tests can stand synthetic data in for CIFAR-10), and the summary table in the paper's layout.
+tests can stand synthetic data in for CIFAR-10), the summary table in the paper's layout, and the
+lesson's displays (:func:`plot_arm_bars`, :func:`training_budget_rows`, :func:`verdict_lines`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import statistics
 import time
@@ -47,7 +49,8 @@ __all__ = [
     "Protocol", "PAPER_PROTOCOL", "Experiment", "PAPER_RESULTS", "ARMS",
     "scratch_b_epochs", "lr_milestones", "training_cost", "train_resumable", "fresh_like",
     "run_experiment", "summarize", "results_table", "paper_experiments", "cifar10_transforms",
-    "mean_std", "arm_accuracies", "dataset_fingerprint",
+    "mean_std", "arm_accuracies", "dataset_fingerprint", "results_rows", "ARM_LABELS", "VERDICT_WORDS",
+    "plot_arm_bars", "training_budget_rows", "spread_verdict", "verdict_lines",
 ]
 
 #: The arms of the comparison, in the paper's column order (``uniform_e`` is Sec. 5's baseline).
@@ -403,6 +406,170 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     return f"{type(dataset).__name__}:{len(y)}:{h}"
 
 
+@dataclass
+class _Run:
+    """What the training runs of one experiment and one seed share (:func:`run_experiment`)."""
+
+    exp: Experiment
+    protocol: Protocol
+    train_set: Dataset
+    seed: int
+    device: torch.device
+    root: Path | None
+    train_kw: dict[str, Any]
+    sched: dict[str, Any]
+    test_loader: Any
+    say: Callable[[str], None]
+
+    def ckpt(self, role: str, params: dict[str, Any]) -> Path | None:
+        """The checkpoint file of a run: ``<ckpt_dir>/<role>/<key of params>.pt`` (``None``: no checkpoints)."""
+        if self.root is None:
+            return None
+        return self.root / role / f"{cache_key(role, params)}.pt"
+
+    def accuracy(self, model: nn.Module) -> float:
+        return evaluate(model, self.test_loader)["accuracy"]
+
+    def log(self, text: str) -> None:
+        self.say(f"[{self.exp.name} seed {self.seed}] {text}")
+
+
+@dataclass
+class _ArmPlan:
+    """One arm before training: its model, schedule, initialisation seed and extra results."""
+
+    model: nn.Module
+    epochs: int
+    lr: float
+    milestones: tuple[float, ...]
+    init: int
+    extra: dict[str, Any] | None = None  # uniform_e: its architecture and parameter target
+
+
+def _train_large(run: _Run) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Step 1 of :func:`run_experiment`: build and train the large model (with Network Slimming's
+    penalty when ``exp.sparsity > 0``). Its checkpoint key holds the model spec, the penalty, the
+    protocol and the seed only, so experiments that share a large model train it once.
+
+    Returns:
+        ``(model, info, key)``: the trained model, its summary and its checkpoint key.
+    """
+    from pruninglib.methods.slimming import bn_l1_subgradient
+
+    exp, p, seed = run.exp, run.protocol, run.seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        large = build_model(exp.model["name"], **exp.model["kwargs"])
+    large = large.to(run.device)
+    hook = bn_l1_subgradient(exp.sparsity) if exp.sparsity > 0 else None
+    lkey = dict(model=exp.model, s=exp.sparsity, epochs=p.epochs, seed=seed, **run.sched)
+    hist = train_resumable(large, run.train_set, p.epochs, p.lr, milestones=p.milestones, seed=seed,
+                           ckpt_path=run.ckpt("large", lkey), after_backward=hook,
+                           desc=f"{exp.name} large", **run.train_kw)
+    info = _arch_summary(large, exp.input_size)
+    info.update(accuracy=run.accuracy(large), epochs=p.epochs, history=hist,
+                seconds=sum(h["seconds"] for h in hist))
+    run.log(f"large model: {100 * info['accuracy']:.2f}% ({info['params']:,} params, {info['macs']:,} MACs)")
+    return large, info, lkey
+
+
+def _prune_copy(run: _Run, large: nn.Module, large_info: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any], float]:
+    """Step 2 of :func:`run_experiment`: prune a copy of the large model, by L1 norm to the
+    predefined widths, by slimming's global threshold on the BN scales, or with global
+    magnitude masks (unstructured).
+
+    Returns:
+        ``(pruned, info, macs)``: the pruned copy, its summary (accuracy before training,
+        FLOPs and parameters pruned, method-specific extras) and its MACs (sparse MACs for
+        unstructured pruning), which set Scratch-B's budget.
+    """
+    from pruninglib.methods.l1_filters import prune_to_widths, target_widths
+    from pruninglib.methods.slimming import bn_scales, slim
+    from pruninglib.methods.unstructured import magnitude_prune
+
+    exp = run.exp
+    pruned = copy.deepcopy(large)
+    extra: dict[str, Any] = {}
+    sparse = exp.method == "unstructured"
+    if exp.method == "l1":
+        tgt = build_model(exp.target["name"], **exp.target["kwargs"])
+        prune_to_widths(pruned, target_widths(tgt))
+    elif exp.method == "slimming":
+        scales = bn_scales(pruned)
+        info = slim(pruned, exp.target)
+        extra = {"threshold": info["threshold"], "removed_frac": info["removed_frac"],
+                 "bn_scales": {k: v.tolist() for k, v in scales.items()},
+                 "widths_before": list(info["widths_before"].values())}
+    else:
+        magnitude_prune(pruned, exp.target)
+        extra = {"layer_density": {n: float(m.weight_mask.float().mean()) for n, m in pruned.named_modules()
+                                   if hasattr(m, "weight_mask")}}
+    pinfo = _arch_summary(pruned, exp.input_size, sparse=sparse)
+    pinfo.update(accuracy=run.accuracy(pruned), **extra)
+    macs_pruned = pinfo["macs_sparse"] if sparse else pinfo["macs"]
+    pinfo["flops_pruned"] = 1 - macs_pruned / large_info["macs"]
+    pinfo["params_pruned"] = 1 - (pinfo["params_nonzero"] if sparse else pinfo["params"]) / large_info["params"]
+    run.log(f"pruned ({exp.method}): {100 * pinfo['accuracy']:.2f}% before training, "
+            f"{100 * pinfo['flops_pruned']:.1f}% FLOPs and {100 * pinfo['params_pruned']:.1f}% params pruned")
+    return pruned, pinfo, macs_pruned
+
+
+def _finetune_arm(run: _Run, pruned: nn.Module, init: int) -> _ArmPlan:
+    """The ``finetune`` arm: the pruned model itself (inherited weights), ``finetune_epochs`` at
+    the constant ``finetune_lr``."""
+    p = run.protocol
+    return _ArmPlan(pruned, p.finetune_epochs, p.finetune_lr, (), init)
+
+
+def _scratch_arm(run: _Run, arm: str, pruned: nn.Module, masks: Mapping[str, torch.Tensor] | None,
+                 scratch_b: int, init: int) -> _ArmPlan:
+    """The ``scratch_e`` / ``scratch_b`` arms: the pruned architecture, randomly initialised
+    (seed ``init``; with the same masks for unstructured pruning), trained with the large
+    model's schedule for ``epochs`` or ``scratch_b`` epochs."""
+    from pruninglib.methods.unstructured import apply_masks
+
+    p = run.protocol
+    m = fresh_like(pruned, init)
+    if masks is not None:
+        apply_masks(m, masks)  # type: ignore[arg-type]
+    return _ArmPlan(m, scratch_b if arm == "scratch_b" else p.epochs, p.lr, p.milestones, init)
+
+
+def _uniform_arm(run: _Run, large: nn.Module, params: int, init: int) -> _ArmPlan:
+    """The ``uniform_e`` arm (slimming only): the large VGG thinned by one factor to ``params``
+    parameters (:func:`pruninglib.methods.slimming.uniform_vgg_cfg`), randomly initialised (seed
+    ``init``), trained like Scratch-E."""
+    from pruninglib.methods.slimming import uniform_vgg_cfg, vgg_cfg_of, vgg_param_count
+
+    if not isinstance(large, CifarVGG):
+        raise ValueError("the uniform_e arm is implemented for CifarVGG models")
+    p = run.protocol
+    first = next(mm for mm in large.features if isinstance(mm, nn.Conv2d))
+    ncls = large.classifier[-1].out_features
+    cfg_u, factor = uniform_vgg_cfg(vgg_cfg_of(large), params, first.in_channels, ncls)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init)
+        m = build_model("cifar_vgg", cfg=cfg_u, in_channels=first.in_channels, num_classes=ncls,
+                        width=1.0).to(run.device)
+    extra = {"factor": factor, "param_target": params, "param_check": vgg_param_count(cfg_u, first.in_channels, ncls)}
+    return _ArmPlan(m, p.epochs, p.lr, p.milestones, init, extra)
+
+
+def _train_arm(run: _Run, arm: str, k: int, plan: _ArmPlan, base_key: dict[str, Any]) -> dict[str, Any]:
+    """Step 3 of :func:`run_experiment` for arm number ``k``: train the plan's model (checkpointed
+    and resumable; data order from ``seed + 7 (k + 1)``) and evaluate it."""
+    akey = dict(base_key, arm=arm, epochs_arm=plan.epochs, lr_arm=plan.lr, ms=list(plan.milestones), init=plan.init)
+    hist = train_resumable(plan.model, run.train_set, plan.epochs, plan.lr, milestones=plan.milestones,
+                           seed=run.seed + 7 * (k + 1), ckpt_path=run.ckpt(arm, akey),
+                           desc=f"{run.exp.name} {arm}", **run.train_kw)
+    res = {"accuracy": run.accuracy(plan.model), "epochs": plan.epochs, "lr": plan.lr, "history": hist,
+           "seconds": sum(h["seconds"] for h in hist)}
+    if plan.extra is not None:
+        res.update(_arch_summary(plan.model, run.exp.input_size), **plan.extra)
+    run.log(f"{arm}: {100 * res['accuracy']:.2f}% after {plan.epochs} epochs")
+    return res
+
+
 def run_experiment(exp: Experiment, protocol: Protocol, train_set: Dataset, test_set: Dataset,
                    seed: int = 0, device: torch.device | str | None = None,
                    ckpt_dir: str | os.PathLike | None = None, progress: bool = True,
@@ -432,107 +599,37 @@ def run_experiment(exp: Experiment, protocol: Protocol, train_set: Dataset, test
         with accuracies in [0, 1], MACs, parameters, widths, epochs, histories and ``seconds``
         (the measured training time, summed over the epochs, so it survives a resume).
     """
-    from pruninglib.methods.l1_filters import prune_to_widths, target_widths
-    from pruninglib.methods.slimming import bn_l1_subgradient, bn_scales, slim, uniform_vgg_cfg, vgg_param_count
-    from pruninglib.methods.unstructured import apply_masks, get_masks, magnitude_prune
+    from pruninglib.methods.unstructured import get_masks
 
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    say = log or (lambda s: None)
     p = protocol
     root = Path(ckpt_dir) if ckpt_dir is not None else None
+    run = _Run(exp=exp, protocol=p, train_set=train_set, seed=seed,
+               device=torch.device(device) if device is not None else torch.device("cpu"), root=root,
+               train_kw=dict(momentum=p.momentum, weight_decay=p.weight_decay, batch_size=p.batch_size,
+                             gamma=p.gamma, max_batches=p.max_batches, num_workers=p.num_workers,
+                             eval_set=test_set if p.eval_every else None, eval_every=p.eval_every,
+                             eval_batch_size=p.eval_batch_size, progress=progress),
+               sched=dict(lr=p.lr, milestones=p.milestones, gamma=p.gamma, momentum=p.momentum,
+                          wd=p.weight_decay, bs=p.batch_size, max_batches=p.max_batches,
+                          data=data_id or (dataset_fingerprint(train_set) if root is not None else "")),
+               test_loader=make_loader(test_set, p.eval_batch_size), say=log or (lambda s: None))
 
-    def ckpt(role: str, params: dict[str, Any]) -> Path | None:
-        if root is None:
-            return None
-        return root / role / f"{cache_key(role, params)}.pt"
+    large, large_info, lkey = _train_large(run)                     # 1. the large model
+    pruned, pinfo, macs_pruned = _prune_copy(run, large, large_info)  # 2. a pruned copy
+    masks = get_masks(pruned) if exp.method == "unstructured" else None
 
-    train_kw = dict(momentum=p.momentum, weight_decay=p.weight_decay, batch_size=p.batch_size,
-                    gamma=p.gamma, max_batches=p.max_batches, num_workers=p.num_workers,
-                    eval_set=test_set if p.eval_every else None, eval_every=p.eval_every,
-                    eval_batch_size=p.eval_batch_size, progress=progress)
-    test_loader = make_loader(test_set, p.eval_batch_size)
-    sched = dict(lr=p.lr, milestones=p.milestones, gamma=p.gamma, momentum=p.momentum,
-                 wd=p.weight_decay, bs=p.batch_size, max_batches=p.max_batches,
-                 data=data_id or (dataset_fingerprint(train_set) if root is not None else ""))
-
-    # 1. the large model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        large = build_model(exp.model["name"], **exp.model["kwargs"])
-    large = large.to(device)
-    hook = bn_l1_subgradient(exp.sparsity) if exp.sparsity > 0 else None
-    lkey = dict(model=exp.model, s=exp.sparsity, epochs=p.epochs, seed=seed, **sched)
-    hist_large = train_resumable(large, train_set, p.epochs, p.lr, milestones=p.milestones, seed=seed,
-                                 ckpt_path=ckpt("large", lkey), after_backward=hook,
-                                 desc=f"{exp.name} large", **train_kw)
-    large_info = _arch_summary(large, exp.input_size)
-    large_info.update(accuracy=evaluate(large, test_loader)["accuracy"], epochs=p.epochs, history=hist_large,
-                      seconds=sum(h["seconds"] for h in hist_large))
-    say(f"[{exp.name} seed {seed}] large model: {100 * large_info['accuracy']:.2f}% "
-        f"({large_info['params']:,} params, {large_info['macs']:,} MACs)")
-
-    # 2. prune a copy
-    pruned = copy.deepcopy(large)
-    extra: dict[str, Any] = {}
-    sparse = exp.method == "unstructured"
-    if exp.method == "l1":
-        tgt = build_model(exp.target["name"], **exp.target["kwargs"])
-        prune_to_widths(pruned, target_widths(tgt))
-    elif exp.method == "slimming":
-        scales = bn_scales(pruned)
-        info = slim(pruned, exp.target)
-        extra = {"threshold": info["threshold"], "removed_frac": info["removed_frac"],
-                 "bn_scales": {k: v.tolist() for k, v in scales.items()},
-                 "widths_before": list(info["widths_before"].values())}
-    else:
-        magnitude_prune(pruned, exp.target)
-        extra = {"layer_density": {n: float(m.weight_mask.float().mean()) for n, m in pruned.named_modules()
-                                   if hasattr(m, "weight_mask")}}
-    pinfo = _arch_summary(pruned, exp.input_size, sparse=sparse)
-    pinfo.update(accuracy=evaluate(pruned, test_loader)["accuracy"], **extra)
-    macs_pruned = pinfo["macs_sparse"] if sparse else pinfo["macs"]
-    pinfo["flops_pruned"] = 1 - macs_pruned / large_info["macs"]
-    pinfo["params_pruned"] = 1 - (pinfo["params_nonzero"] if sparse else pinfo["params"]) / large_info["params"]
-    say(f"[{exp.name} seed {seed}] pruned ({exp.method}): {100 * pinfo['accuracy']:.2f}% before training, "
-        f"{100 * pinfo['flops_pruned']:.1f}% FLOPs and {100 * pinfo['params_pruned']:.1f}% params pruned")
-    masks = get_masks(pruned) if sparse else None
-
-    # 3. the arms
-    arms: dict[str, dict[str, Any]] = {}
+    arms: dict[str, dict[str, Any]] = {}                              # 3. the arms
     base_key = dict(lkey, method=exp.method, target=exp.target)
     eb = scratch_b_epochs(p.epochs, large_info["macs"], macs_pruned, p.scratch_b_max_factor)
     for k, arm in enumerate(exp.arms):
+        init = seed + 1000 * (k + 1)
         if arm == "finetune":
-            m = pruned
-            ep, lr, ms = p.finetune_epochs, p.finetune_lr, ()
+            plan = _finetune_arm(run, pruned, init)
+        elif arm == "uniform_e":
+            plan = _uniform_arm(run, large, pinfo["params"], init)
         else:
-            m = fresh_like(pruned, seed + 1000 * (k + 1))
-            if sparse:
-                apply_masks(m, masks)  # type: ignore[arg-type]
-            ep, lr, ms = (eb if arm == "scratch_b" else p.epochs), p.lr, p.milestones
-            if arm == "uniform_e":
-                if not isinstance(large, CifarVGG):
-                    raise ValueError("the uniform_e arm is implemented for CifarVGG models")
-                from pruninglib.methods.slimming import vgg_cfg_of
-
-                first = next(mm for mm in large.features if isinstance(mm, nn.Conv2d))
-                ncls = large.classifier[-1].out_features
-                cfg_u, factor = uniform_vgg_cfg(vgg_cfg_of(large), pinfo["params"], first.in_channels, ncls)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed + 1000 * (k + 1))
-                    m = build_model("cifar_vgg", cfg=cfg_u, in_channels=first.in_channels, num_classes=ncls,
-                                    width=1.0).to(device)
-                extra_arm = {"factor": factor, "param_target": pinfo["params"],
-                             "param_check": vgg_param_count(cfg_u, first.in_channels, ncls)}
-        akey = dict(base_key, arm=arm, epochs_arm=ep, lr_arm=lr, ms=list(ms), init=seed + 1000 * (k + 1))
-        hist = train_resumable(m, train_set, ep, lr, milestones=ms, seed=seed + 7 * (k + 1),
-                               ckpt_path=ckpt(arm, akey), desc=f"{exp.name} {arm}", **train_kw)
-        res = {"accuracy": evaluate(m, test_loader)["accuracy"], "epochs": ep, "lr": lr, "history": hist,
-               "seconds": sum(h["seconds"] for h in hist)}
-        if arm == "uniform_e":
-            res.update(_arch_summary(m, exp.input_size), **extra_arm)
-        arms[arm] = res
-        say(f"[{exp.name} seed {seed}] {arm}: {100 * res['accuracy']:.2f}% after {ep} epochs")
+            plan = _scratch_arm(run, arm, pruned, masks, eb, init)
+        arms[arm] = _train_arm(run, arm, k, plan, base_key)
     return {"experiment": exp.name, "method": exp.method, "label": exp.label, "pruned_label": exp.pruned_label,
             "seed": seed, "protocol": p.as_dict(), "large": large_info, "pruned": pinfo, "arms": arms}
 
@@ -578,15 +675,14 @@ def _cell(ms: tuple[float, float] | tuple[float, float, int] | None, digits: int
     return f"{m:.{digits}f} (±{s:.{digits}f})"
 
 
-def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
-                  paper: Mapping[str, Mapping[str, Any]] | None = None,
-                  paper_keys: Mapping[str, str] | None = None) -> str:
-    """A Markdown table in the layout of Liu et al. 2019, Table 1, ours beside the paper's.
+def results_rows(results: Sequence[Mapping[str, Any]], dataset: str,
+                 paper: Mapping[str, Mapping[str, Any]] | None = None,
+                 paper_keys: Mapping[str, str] | None = None) -> tuple[list[list[str]], list[str]]:
+    """The rows and headers of :func:`results_table` (cells already formatted), for
+    :func:`pruninglib.show_table`. Used in lesson 05.
 
-    Columns: Dataset, Model, Unpruned, Pruned model, Fine-tuned, Scratch-E, Scratch-B
-    (+ Uniform-E when run). Each of our experiments gets a row "ours (n seeds)" and, when
-    ``paper`` has its key (``paper_keys`` maps our name to the paper's), a row "paper".
-    Accuracies in %, mean (± std over seeds).
+    Returns:
+        ``(rows, headers)``.
     """
     paper = PAPER_RESULTS if paper is None else paper
     paper_keys = paper_keys or {}
@@ -612,7 +708,137 @@ def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
             if with_uniform:
                 row.append("—")
             rows.append(row)
+    return rows, head
+
+
+def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
+                  paper: Mapping[str, Mapping[str, Any]] | None = None,
+                  paper_keys: Mapping[str, str] | None = None) -> str:
+    """A Markdown table in the layout of Liu et al. 2019, Table 1, ours beside the paper's.
+
+    Columns: Dataset, Model, Unpruned, Pruned model, Fine-tuned, Scratch-E, Scratch-B
+    (+ Uniform-E when run). Each of our experiments gets a row "ours (n seeds)" and, when
+    ``paper`` has its key (``paper_keys`` maps our name to the paper's), a row "paper".
+    Accuracies in %, mean (± std over seeds). The rows: :func:`results_rows`.
+    """
+    rows, head = results_rows(results, dataset, paper, paper_keys)
     return markdown_table(rows, headers=head, fmt=str)
+
+
+# ------------------------------------------------------------------------------ lesson 05's displays
+
+#: How the lesson names the columns of :func:`arm_accuracies` in figures, tables and sentences.
+ARM_LABELS: dict[str, str] = {"unpruned": "large", "pruned": "pruned, no training", "finetune": "fine-tuned",
+                              "scratch_e": "Scratch-E", "scratch_b": "Scratch-B", "uniform_e": "uniform, Scratch-E"}
+
+#: The words of :func:`spread_verdict`'s outcomes in :func:`verdict_lines`.
+VERDICT_WORDS: dict[str, str] = {"tie": "within the seed-to-seed spread of", "higher": "above", "lower": "below",
+                                 "single": "(one seed, so no spread to judge it by) against"}
+
+
+def plot_arm_bars(results: Sequence[Mapping[str, Any]], experiment: str, ax: Any, title: str,
+                  labels: Mapping[str, str] | None = None) -> Any:
+    """Bars of one experiment's test accuracy (%) per arm: the mean over seeds with its standard
+    deviation as error bar, and every single run as a dot. The large model comes first (grey);
+    "pruned, no training" is left out. Used in lesson 05.
+
+    Args:
+        results: :func:`run_experiment` results (any experiments; ``experiment`` picks one).
+        experiment: the experiment's name.
+        ax: a matplotlib axes.
+        title: the axes title.
+        labels: arm -> tick label (default :data:`ARM_LABELS`); its order is the bars' order.
+
+    Returns:
+        ``ax``.
+    """
+    labels = ARM_LABELS if labels is None else labels
+    acc = arm_accuracies(results, experiment)
+    keys = [k for k in labels if k in acc and k != "pruned"]
+    ms = [mean_std(acc[k]) for k in keys]
+    ax.bar(range(len(keys)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=4,
+           color=["0.6"] + [f"C{i}" for i in range(len(keys) - 1)])
+    for i, k in enumerate(keys):
+        ax.plot([i] * len(acc[k]), acc[k], "k.", ms=5)
+    lo = min(min(acc[k]) for k in keys)
+    ax.set_ylim(max(0, lo - 5), min(100, max(max(acc[k]) for k in keys) + 2))
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([labels[k] for k in keys], rotation=20)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    return ax
+
+
+def training_budget_rows(results: Sequence[Mapping[str, Any]], n_train: int,
+                         labels: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """One row per experiment: the training compute of every route to the small model, as a
+    multiple of the large model's pre-training (:func:`training_cost`, FLOPs model; for
+    unstructured pruning the sparse MACs), and the measured wall time per run (mean over seeds).
+    Used in lesson 05 (the fairness note), shown with :func:`pruninglib.show_table`.
+
+    Args:
+        results: :func:`run_experiment` results.
+        n_train: training images per epoch.
+        labels: arm -> name (default :data:`ARM_LABELS`).
+    """
+    labels = ARM_LABELS if labels is None else labels
+    rows = []
+    for name in dict.fromkeys(r["experiment"] for r in results):
+        rs = [r for r in results if r["experiment"] == name]
+        r = rs[0]
+        macs_p = r["pruned"].get("macs_sparse", r["pruned"]["macs"])
+        pre = training_cost(r["large"]["epochs"], n_train, r["large"]["macs"])
+        ft = training_cost(r["arms"]["finetune"]["epochs"], n_train, macs_p) if "finetune" in r["arms"] else 0.0
+        cost = {"pre-training": pre, "pre-training + fine-tuning": pre + ft}
+        for arm in ("scratch_e", "scratch_b", "uniform_e"):
+            if arm in r["arms"]:
+                cost[labels[arm]] = training_cost(r["arms"][arm]["epochs"], n_train, r["arms"][arm].get("macs", macs_p))
+        secs = {"pre-training": statistics.fmean(x["large"]["seconds"] for x in rs)}
+        secs.update({labels[a]: statistics.fmean(x["arms"][a]["seconds"] for x in rs) for a in r["arms"]})
+        rows.append({"experiment": f"{r['label']} → {r['pruned_label']}",
+                     "training compute (× pre-training, FLOPs model)": ", ".join(f"{k} {v / pre:.2f}"
+                                                                                for k, v in cost.items()),
+                     "measured wall time per run (mean)": ", ".join(f"{k} {v:.1f} s" for k, v in secs.items())})
+    return rows
+
+
+def spread_verdict(mean_a: float, std_a: float, mean_b: float, std_b: float, n: int) -> tuple[float, str]:
+    """Compare two means over ``n`` seeds: the difference ``mean_a - mean_b`` and ``"tie"`` when
+    it is at most the combined spread :math:`\\sqrt{s_a^2 + s_b^2}`, else ``"higher"`` or
+    ``"lower"``; ``"single"`` for one seed (no spread to judge by). Used in lesson 05."""
+    d = mean_a - mean_b
+    if n < 2:
+        return d, "single"
+    if abs(d) <= math.hypot(std_a, std_b):
+        return d, "tie"
+    return d, ("higher" if d > 0 else "lower")
+
+
+def verdict_lines(results: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | None = None,
+                  paper: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """One Markdown bullet per comparison: Scratch-E and Scratch-B against fine-tuning, the
+    uniform network against Scratch-E, judged by :func:`spread_verdict`; where ``paper``
+    (default :data:`PAPER_RESULTS`, 5 runs) has both columns, the paper's difference and
+    whether ours agrees. Used in lesson 05 ("What we saw")."""
+    labels = ARM_LABELS if labels is None else labels
+    paper = PAPER_RESULTS if paper is None else paper
+    lines = []
+    for name, s in summarize(results).items():
+        r = next(x for x in results if x["experiment"] == name)
+        for arm in ("scratch_e", "scratch_b", "uniform_e"):
+            base = "finetune" if arm != "uniform_e" else "scratch_e"
+            if arm not in s or base not in s:
+                continue
+            d, ours = spread_verdict(s[arm][0], s[arm][1], s[base][0], s[base][1], s[arm][2])
+            text = (f"- **{r['label']} → {r['pruned_label']}**: {labels[arm]} is {d:+.2f} points, "
+                    f"{VERDICT_WORDS[ours]} {labels[base]}")
+            pr = paper.get(name)
+            if pr and arm in pr and base in pr:
+                pd, theirs = spread_verdict(pr[arm][0], pr[arm][1], pr[base][0], pr[base][1], 5)
+                verdict = "**cannot tell**" if ours == "single" else ("**agrees**" if ours == theirs else "**differs**")
+                text += f"; paper {pd:+.2f} ({VERDICT_WORDS[theirs].split(' of')[0]}) — {verdict}"
+            lines.append(text + ".")
+    return lines
 
 
 # ------------------------------------------------------------------------------ paper mode
