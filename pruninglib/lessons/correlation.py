@@ -23,7 +23,7 @@ from scipy import stats
 
 from pruninglib.criteria.base import Scores, normalize_per_layer
 
-__all__ = ["rank_correlation", "oracle_correlations", "correlation_table"]
+__all__ = ["rank_correlation", "oracle_correlations", "correlation_table", "units_before_rise"]
 
 _METHODS = ("spearman", "kendall")
 
@@ -80,6 +80,22 @@ def correlation_table(criteria: Mapping[str, Scores], oracle: Scores,
     return rows
 
 
-# --------------------------------------------------------------------------- the shared models
+def units_before_rise(result: Any, threshold: float) -> int:
+    """Units a greedy run (:class:`~pruninglib.methods.schedule.GreedyResult`) removed before its
+    loss curve first rose by more than ``threshold`` above the unpruned loss (its first point).
 
+    The greedy run itself does not depend on the threshold, so one run answers every threshold up
+    to the one it stopped at (``result.count`` is this count for ``result.threshold``).
+    Used in lesson 03 (solutions, exercise 1).
 
+    Raises:
+        ValueError: for a result without a recorded curve.
+    """
+    if not result.losses or len(result.losses) != len(result.units_removed):
+        raise ValueError("the greedy result has no loss curve (units_removed and losses must match and be non-empty)")
+    count = 0
+    for units, loss in zip(result.units_removed, result.losses):
+        if loss > result.losses[0] + threshold:
+            break
+        count = units
+    return count
