@@ -30,7 +30,7 @@ from pruninglib.criteria.obd import magnitude_saliency, obd_saliency
 from pruninglib.criteria.obs import obs_saliency
 
 __all__ = ["XOR_X", "XOR_T", "XOR_NAMES", "xor_forward", "xor_error", "minimize_batched",
-           "train_xor", "XorTrial", "xor_pruning_trial", "xor_miss_diagnostics", "example_network"]
+           "train_xor", "XorTrial", "xor_pruning_trial", "obs_deleted", "xor_miss_diagnostics", "example_network"]
 
 XOR_X = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]], dtype=torch.float64)
 XOR_T = torch.tensor([0., 1., 1., 0.], dtype=torch.float64)
@@ -129,6 +129,11 @@ class XorTrial:
         best: ``[R]`` the weight of least ``retrained_error`` (the "correct" weight).
         best_no_retrain: ``[R]`` the weight of least ``zeroed_error``.
         saliency: ``{method: [R, 9]}`` the scores behind ``choice``.
+        updated_error: ``[R, 9]`` error after OBS deletes weight ``q`` *with its Eq. 5 correction*
+            of the other eight weights (no retraining): OBS's own no-retraining reference.
+        still_solves: ``{method: [R]}`` the network still classifies all four patterns after
+            the method deleted its weight its own way (OBS with its update; magnitude and OBD
+            with the weight zeroed): the paper's criterion (Hassibi & Stork 1993, Sec. 4).
     """
 
     theta: torch.Tensor
@@ -141,13 +146,33 @@ class XorTrial:
     best: torch.Tensor
     best_no_retrain: torch.Tensor
     saliency: dict[str, torch.Tensor]
+    updated_error: torch.Tensor | None = None
+    still_solves: dict[str, torch.Tensor] | None = None
 
     def correct(self, method: str, retrained: bool = True, tie_tol: float = 1e-6) -> torch.Tensor:
         """``[R]`` bool: ``method``'s weight is the best one, or within ``tie_tol`` of it in error
-        (symmetric networks have exact ties, e.g. the two hidden biases)."""
-        err = self.retrained_error if retrained else self.zeroed_error
+        (symmetric networks have exact ties, e.g. the two hidden biases). This is stricter than the
+        paper's criterion (:meth:`fraction_still_solving`): "best" is the weight whose deletion costs
+        least after retraining the other eight (``retrained=True``) or without retraining
+        (``retrained=False``: the error after zeroing it, or for OBS after zeroing it *and* applying
+        OBS's update, which is how OBS deletes a weight)."""
+        if retrained:
+            err = self.retrained_error
+        else:
+            err = self.updated_error if method == "OBS" and self.updated_error is not None else self.zeroed_error
         chosen = err.gather(1, self.choice[method].unsqueeze(1)).squeeze(1)
         return chosen <= err.min(1).values + tie_tol
+
+    def fraction_still_solving(self, method: str, only_solved: bool = True) -> float:
+        """The paper's criterion (Hassibi & Stork 1993, Sec. 4): the fraction of networks that still
+        classify all four XOR patterns after ``method`` deleted its first weight, OBS with its Eq. 5
+        update, magnitude and OBD with the weight zeroed, no retraining. Used in lesson 01."""
+        if self.still_solves is None:
+            raise ValueError("this XorTrial was built without still_solves; use xor_pruning_trial")
+        hit = self.still_solves[method]
+        if only_solved:
+            hit = hit[self.solved]
+        return float(hit.double().mean()) if len(hit) else float("nan")
 
     def fraction_correct(self, method: str, only_solved: bool = True, retrained: bool = True,
                          tie_tol: float = 1e-6) -> float:
@@ -194,9 +219,38 @@ def xor_pruning_trial(theta: torch.Tensor, weight_decay: float = 1e-3, steps: in
         # intermediate stages only need to stay in the valley; the last one converges fully
         cur = minimize_batched(cur, weight_decay, fixed, iters=iters if k == 0 else stage_iters)
     retrained = f(cur).view(R, 9)
-    solved = ((xor_forward(theta) - XOR_T).abs() < 0.5).all(-1)
+    solved = _solves(theta)
+    updated = obs_deleted(theta, H_inv)                                   # [R, 9, 9]
+    updated_error = f(updated.reshape(-1, 9)).view(R, 9)
+    rows = torch.arange(R)
+    after = {"magnitude": starts.view(R, 9, 9).clone(), "OBD": starts.view(R, 9, 9).clone(), "OBS": updated}
+    for m in ("magnitude", "OBD"):
+        after[m][:, range(9), range(9)] = 0.0                             # the weight zeroed, nothing else
+    still = {m: _solves(after[m][rows, choice[m]]) for m in ("magnitude", "OBD", "OBS")}
     return XorTrial(theta, solved, f(theta), choice, retrained, cur.view(R, 9, 9), zeroed, retrained.argmin(-1),
-                    zeroed.argmin(-1), sal)
+                    zeroed.argmin(-1), sal, updated_error, still)
+
+
+def _solves(theta: torch.Tensor) -> torch.Tensor:
+    """``[...]`` bool: the networks classify all four XOR patterns (every ``|o - t| < 0.5``)."""
+    return ((xor_forward(theta) - XOR_T).abs() < 0.5).all(-1)
+
+
+def obs_deleted(theta: torch.Tensor, H_inv: torch.Tensor) -> torch.Tensor:
+    r"""``[R, 9, 9]``: row ``[r, q]`` is network ``r`` after OBS deleted weight ``q`` and corrected the
+    other eight, :math:`\theta + \delta\theta` with :math:`\delta\theta = -\frac{\theta_q}{[H^{-1}]_{qq}} H^{-1} e_q`
+    (Hassibi & Stork 1993, Eq. 5), and entry ``q`` set to exactly 0. Used in lesson 01.
+
+    Args:
+        theta: trained networks ``[R, 9]``.
+        H_inv: their inverse Hessians ``[R, 9, 9]``.
+    """
+    d = torch.diagonal(H_inv, dim1=1, dim2=2)                            # [R, 9]
+    # delta[r, q, :] = -theta[r, q] / H_inv[r, q, q] * H_inv[r, :, q]
+    delta = -(theta / d).unsqueeze(-1) * H_inv.transpose(1, 2)
+    out = theta.unsqueeze(1) + delta
+    out[:, range(9), range(9)] = 0.0
+    return out
 
 
 def xor_miss_diagnostics(trial: XorTrial, weight_decay: float = 1e-3) -> dict[str, float | int | None]:
