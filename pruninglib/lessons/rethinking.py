@@ -243,6 +243,19 @@ def _signature(**kw: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
 
 
+def _check_same_architecture(path: Path, saved: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse to resume ``model`` from a checkpoint of a model with other layers or widths."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    wrong = [(k, tuple(saved[k].shape), tuple(v.shape)) for k, v in own.items()
+             if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    if missing or extra or wrong:
+        what = (f"{wrong[0][0]} is {wrong[0][1]} there but {wrong[0][2]} here" if wrong else
+                f"it lacks {missing[:3]}" if missing else f"it has extra entries {extra[:3]}")
+        raise ValueError(f"checkpoint {path} holds a model with other layers or widths ({what}; "
+                         f"{len(wrong)} tensors differ in shape); delete it or pass another ckpt_path")
+
+
 def train_resumable(model: nn.Module, train_set: Dataset, epochs: int, lr: float,
                     momentum: float = 0.9, weight_decay: float = 1e-4, batch_size: int = 64,
                     milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1, seed: int = 0,
@@ -304,6 +317,7 @@ def train_resumable(model: nn.Module, train_set: Dataset, epochs: int, lr: float
         if state.get("format") != "pruninglib.lessons.rethinking.train/1" or state.get("signature") != sig:
             raise ValueError(f"checkpoint {path} was written with other settings "
                              f"({state.get('signature')} instead of {sig}); delete it or pass another ckpt_path")
+        _check_same_architecture(path, state["model"], model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
