@@ -4,7 +4,10 @@ Search path: ``PRUNINGLIB_DATA`` (``os.pathsep``-separated folders; default ``./
 repository's ``data/``). A dataset is looked for in every folder in turn; when it is found
 nowhere and ``PRUNINGLIB_OFFLINE`` is unset, torchvision downloads it into the first folder.
 Offline, a missing dataset raises :class:`DatasetNotFoundError`, which names every folder
-searched and how to get the data.
+searched and how to get the data; ``download=True`` is refused while ``PRUNINGLIB_OFFLINE`` is set.
+A copy counts as found only when it holds data (the files below; an empty folder does not hide a
+copy later on the path). A copy that is found but damaged (a truncated IDX file, a class folder
+without photos) raises :class:`DatasetCorruptError`, naming the file and the fix.
 
 Registered datasets (``DATASETS``):
 
@@ -13,7 +16,7 @@ name                on disk (below a search-path folder)          download
 ==================  ===========================================  =================================
 ``fashion_mnist``   ``FashionMNIST/raw/*-ubyte``                  torchvision ``FashionMNIST``
 ``mnist``           ``MNIST/raw/*-ubyte``                         torchvision ``MNIST``
-``cifar10``         ``cifar-10-batches-py/``                      torchvision ``CIFAR10``
+``cifar10``         ``cifar-10-batches-py/{data,test}_batch*``     torchvision ``CIFAR10``
 ``cats_vs_dogs``    ``cats_vs_dogs/{train,test}/{cat,dog}/*.jpg``  torchvision ``OxfordIIITPet``
                     or flat Kaggle ``cats_vs_dogs/train/cat.1.jpg``  (binary-category target)
 ``synthetic``       generated in memory (unit tests)              --
@@ -21,6 +24,7 @@ name                on disk (below a search-path folder)          download
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -35,8 +39,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import transforms as T
 
-__all__ = ["search_path", "find_dataset", "load_dataset", "DatasetNotFoundError", "DATASETS",
-           "CatsVsDogs", "subset_per_class", "synthetic_images", "targets_of", "image_transforms",
+__all__ = ["search_path", "find_dataset", "load_dataset", "DatasetNotFoundError", "DatasetCorruptError",
+           "DATASETS", "IDX_DATASETS", "idx_file_problem", "idx_problems", "CatsVsDogs", "subset_per_class", "synthetic_images", "targets_of", "image_transforms",
            "to_tensor_dataset", "DATASET_STATS", "load_tensors", "batches"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,11 +51,27 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is on none of the search-path folders and may not be downloaded."""
 
 
+class DatasetCorruptError(RuntimeError):
+    """A dataset copy is on the search path but unusable: a truncated or damaged file, or a class
+    folder without images. The message names the file or folder and the fix."""
+
+
 def search_path() -> list[Path]:
-    """The folders datasets are looked for in, in order (from ``PRUNINGLIB_DATA``)."""
+    """The folders datasets are looked for in, in order (from ``PRUNINGLIB_DATA``).
+
+    Empty entries (``a::b``) are ignored; unset or empty, the defaults ``./data`` and the
+    repository's ``data/`` are used. Used in every lesson (through :func:`load_dataset`).
+
+    Raises:
+        ValueError: ``PRUNINGLIB_DATA`` is set but names no folder (``'::'``).
+    """
     env = os.environ.get("PRUNINGLIB_DATA")
     if env:
-        parts = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+        parts = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+        if not parts:
+            raise ValueError(f"PRUNINGLIB_DATA={env!r} names no folder: set it to one or more folders "
+                             f"separated by {os.pathsep!r} (e.g. PRUNINGLIB_DATA=/data{os.pathsep}./data), "
+                             "or unset it to use the defaults (./data and the repository's data/)")
     else:
         parts = [Path("data"), REPO_ROOT / "data"]
     seen, out = set(), []
@@ -73,14 +93,93 @@ class _Spec:
     load: Callable[[Path, str, Any], Dataset]
     download: Callable[[Path], None] | None
     how: str
+    folder: str = ""  # the dataset's folder below a search-path folder
 
 
-def _raw_present(folder: str) -> Callable[[Path], bool]:
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------- IDX (MNIST-style)
+#: MNIST-style datasets: name -> torchvision class (raw IDX files in ``<root>/<class name>/raw``).
+IDX_DATASETS: dict[str, type] = {"fashion_mnist": torchvision.datasets.FashionMNIST,
+                                 "mnist": torchvision.datasets.MNIST}
+_IDX_ITEMSIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # IDX type code -> bytes per value
+
+
+def _idx_names(cls: type) -> list[str]:
+    """The four raw IDX file names of a torchvision MNIST-style class (its resources without ``.gz``)."""
+    return [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+
+
+def idx_file_problem(path: Path) -> str | None:
+    """What is wrong with one raw IDX file, or ``None`` when its size is what its header announces.
+
+    Reads the header only (magic ``00 00 <type> <ndim>``, then ``ndim`` big-endian sizes).
+    Used by :func:`load_dataset` and :mod:`pruninglib.data_check`.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        ndim = magic[3] if len(magic) == 4 else 0
+        if magic[:2] != b"\0\0" or magic[2] not in _IDX_ITEMSIZE or not 1 <= ndim <= 3:
+            return f"{path} is not an IDX file (it starts with {magic.hex() or 'nothing'})"
+        raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        return f"{path} is truncated: {size:,} bytes, shorter than its own header"
+    dims = [int.from_bytes(raw_dims[4 * i:4 * i + 4], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + math.prod(dims) * _IDX_ITEMSIZE[magic[2]]
+    if size == expected:
+        return None
+    state = "truncated" if size < expected else "too long"
+    return (f"{path} is {state}: {size:,} bytes, but its header announces {'x'.join(map(str, dims))} "
+            f"values ({expected:,} bytes)")
+
+
+def idx_problems(name: str, root: Path, split: str | None = None) -> list[str]:
+    """Problems of the raw IDX files of MNIST-style dataset ``name`` below search-path folder
+    ``root`` (both splits, or ``split`` only): missing, compressed only, truncated or not IDX.
+
+    Each message names the file and the fix. Reads headers only. Used by :func:`load_dataset`
+    and :mod:`pruninglib.data_check`.
+    """
+    cls = IDX_DATASETS[name]
+    raw, how = root / cls.__name__ / "raw", DATASETS[name].how
+    prefix = {"train": "train", "test": "t10k", None: ""}[split]
+    problems = []
+    for fname in (n for n in _idx_names(cls) if n.startswith(prefix)):
+        f = raw / fname
+        if f.is_file():
+            problem = idx_file_problem(f)
+            if problem:
+                problems.append(f"{problem}; delete it and re-download it: {how}")
+        elif (raw / f"{fname}.gz").is_file():
+            problems.append(f"{f} is missing but {fname}.gz is there: unpack it (gunzip -k {f}.gz)")
+        else:
+            problems.append(f"missing: {f}; re-download it: {how}")
+    return problems
+
+
+def _idx_present(cls: type) -> Callable[[Path], bool]:
     def present(root: Path) -> bool:
-        raw = root / folder / "raw"
-        return raw.is_dir() and any(raw.glob("train-images-idx3-ubyte*")) and any(
-            raw.glob("t10k-labels-idx1-ubyte*"))
+        raw = root / cls.__name__ / "raw"
+        return all(_nonempty(raw / n) or _nonempty(raw / f"{n}.gz") for n in _idx_names(cls))
     return present
+
+
+def _idx_load(name: str) -> Callable[[Path, str, Any], Dataset]:
+    def load(root: Path, split: str, transform: Any) -> Dataset:
+        problems = idx_problems(name, root, split)
+        if problems:
+            raise DatasetCorruptError(f"the {name} copy in {root.resolve()} is damaged:\n  "
+                                      + "\n  ".join(problems))
+        return _tv(IDX_DATASETS[name])(root, split, transform)
+    return load
+
+
+def _cifar_present(root: Path) -> bool:
+    cls = torchvision.datasets.CIFAR10
+    return all(_nonempty(root / cls.base_folder / f) for f, _ in cls.train_list + cls.test_list)
 
 
 def _tv(cls: type) -> Callable[[Path, str, Any], Dataset]:
@@ -108,11 +207,17 @@ class CatsVsDogs(Dataset):
     Reads the ImageFolder layout ``<split>/{cat,dog}/*.jpg`` and the flat Kaggle layout
     ``<split>/cat.123.jpg``. A corrupt or truncated image is reported once by file name
     (a warning) and skipped: the next readable image is returned in its place, and the
-    file is listed in ``self.bad_files``. :meth:`scan` checks every file up front.
+    file is listed in ``self.bad_files``, also when it was met in a DataLoader worker process
+    (the record lives in shared memory). :meth:`scan` checks every file up front.
+    Used in lesson 04 (through :func:`load_dataset`).
 
     Args:
         folder: the split folder (``.../cats_vs_dogs/train``).
         transform: applied to the PIL image.
+
+    Raises:
+        DatasetNotFoundError: the folder holds no cat/dog images at all.
+        DatasetCorruptError: one class has no images (an empty ``dog/`` folder), naming its folder.
     """
 
     classes = ["cat", "dog"]
@@ -120,19 +225,27 @@ class CatsVsDogs(Dataset):
     def __init__(self, folder: str | os.PathLike, transform: Any = None) -> None:
         self.folder = Path(folder)
         self.transform = transform
-        self.samples: list[tuple[Path, int]] = []
-        for c, name in enumerate(self.classes):
-            sub = self.folder / name
-            if sub.is_dir():
-                self.samples += [(p, c) for p in sorted(sub.iterdir()) if p.suffix.lower() in _IMG]
-        flat = [p for p in sorted(self.folder.iterdir()) if p.is_file() and _FLAT.match(p.name)] \
-            if self.folder.is_dir() else []
-        self.samples += [(p, self.classes.index(p.name.split(".")[0].lower())) for p in flat]
+        self.samples = _cvd_samples(self.folder, self.classes)
         if not self.samples:
             raise DatasetNotFoundError(f"no cat/dog images in {self.folder} (expected {self.folder}/cat/*.jpg "
                                        f"and {self.folder}/dog/*.jpg, or flat cat.N.jpg / dog.N.jpg)")
         self.targets = [c for _, c in self.samples]
-        self.bad_files: list[str] = []
+        counts = np.bincount(self.targets, minlength=len(self.classes))
+        for c, name in enumerate(self.classes):
+            if counts[c] == 0:
+                found = ", ".join(f"{counts[k]} {n}" for k, n in enumerate(self.classes) if counts[k])
+                raise DatasetCorruptError(
+                    f"{self.folder / name} holds no {name} images (found {found} in {self.folder}), so every "
+                    f"photo would be labelled {self.classes[1 - c]}. Put the {name} photos in "
+                    f"{self.folder / name}/*.jpg (or flat {name}.N.jpg in {self.folder}), or point "
+                    "PRUNINGLIB_DATA at a complete copy")
+        self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def bad_files(self) -> list[str]:
+        """The unreadable files met so far (in sample order), in this process or any DataLoader
+        worker."""
+        return [str(p) for (p, _), bad in zip(self.samples, self._bad.tolist()) if bad]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -142,34 +255,47 @@ class CatsVsDogs(Dataset):
             im.load()
             return im.convert("RGB")
 
+    def _try_open(self, j: int) -> Image.Image | None:
+        """Sample ``j``'s image, or ``None`` (recorded and warned about once) when it is unreadable."""
+        if self._bad[j]:
+            return None
+        path = self.samples[j][0]
+        try:
+            return self._open(path)
+        except (OSError, SyntaxError, ValueError) as e:
+            self._bad[j] = True
+            warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=3)
+            return None
+
     def __getitem__(self, idx: int) -> tuple[Any, int]:
-        for k in range(len(self.samples)):
-            path, label = self.samples[(idx + k) % len(self.samples)]
-            if str(path) in self.bad_files:
-                continue
-            try:
-                img = self._open(path)
-            except (OSError, SyntaxError, ValueError) as e:
-                self.bad_files.append(str(path))
-                warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
-                continue
-            return (self.transform(img) if self.transform else img), label
+        n = len(self.samples)
+        for k in range(n):
+            j = (idx + k) % n
+            img = self._try_open(j)
+            if img is not None:
+                return (self.transform(img) if self.transform else img), self.samples[j][1]
         raise RuntimeError(f"no readable image in {self.folder}")
 
     def scan(self) -> list[str]:
         """Open every file fully; return (and remember) the unreadable ones."""
-        for path, _ in self.samples:
-            try:
-                self._open(path)
-            except (OSError, SyntaxError, ValueError) as e:
-                if str(path) not in self.bad_files:
-                    self.bad_files.append(str(path))
-                    warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
-        return list(self.bad_files)
+        for j in range(len(self.samples)):
+            self._try_open(j)
+        return self.bad_files
+
+
+def _cvd_samples(folder: Path, classes: Sequence[str] = ("cat", "dog")) -> list[tuple[Path, int]]:
+    """``(image, class index)`` for the images in ``folder/<class>/`` and the flat ``folder/cat.N.jpg``."""
+    samples: list[tuple[Path, int]] = []
+    for c, name in enumerate(classes):
+        sub = folder / name
+        if sub.is_dir():
+            samples += [(p, c) for p in sorted(sub.iterdir()) if p.suffix.lower() in _IMG]
+    flat = [p for p in sorted(folder.iterdir()) if p.is_file() and _FLAT.match(p.name)] if folder.is_dir() else []
+    return samples + [(p, list(classes).index(p.name.split(".")[0].lower())) for p in flat]
 
 
 def _cvd_present(root: Path) -> bool:
-    return (root / "cats_vs_dogs" / "train").is_dir() and (root / "cats_vs_dogs" / "test").is_dir()
+    return all(_cvd_samples(root / "cats_vs_dogs" / split) for split in ("train", "test"))
 
 
 def _cvd_load(root: Path, split: str, transform: Any) -> Dataset:
@@ -178,7 +304,8 @@ def _cvd_load(root: Path, split: str, transform: Any) -> Dataset:
 
 
 def _pets_present(root: Path) -> bool:
-    return (root / "oxford-iiit-pet" / "images").is_dir()
+    pets = root / "oxford-iiit-pet"
+    return (pets / "annotations").is_dir() and any((pets / "images").glob("*.jpg"))
 
 
 def _pets_load(root: Path, split: str, transform: Any) -> Dataset:
@@ -196,28 +323,39 @@ def _pets_download(root: Path) -> None:
 
 
 DATASETS: dict[str, _Spec] = {
-    "fashion_mnist": _Spec(_raw_present("FashionMNIST"), _tv(torchvision.datasets.FashionMNIST),
+    "fashion_mnist": _Spec(_idx_present(torchvision.datasets.FashionMNIST), _idx_load("fashion_mnist"),
                            _tv_download(torchvision.datasets.FashionMNIST),
                            "torchvision.datasets.FashionMNIST(root, download=True), or copy the four "
-                           "IDX files into <root>/FashionMNIST/raw/"),
-    "mnist": _Spec(_raw_present("MNIST"), _tv(torchvision.datasets.MNIST),
+                           "IDX files into <root>/FashionMNIST/raw/", "FashionMNIST"),
+    "mnist": _Spec(_idx_present(torchvision.datasets.MNIST), _idx_load("mnist"),
                    _tv_download(torchvision.datasets.MNIST),
                    "torchvision.datasets.MNIST(root, download=True), or copy the IDX files into "
-                   "<root>/MNIST/raw/"),
-    "cifar10": _Spec(lambda r: (r / "cifar-10-batches-py").is_dir(), _tv(torchvision.datasets.CIFAR10),
+                   "<root>/MNIST/raw/", "MNIST"),
+    "cifar10": _Spec(_cifar_present, _tv(torchvision.datasets.CIFAR10),
                      _tv_download(torchvision.datasets.CIFAR10),
-                     "torchvision.datasets.CIFAR10(root, download=True) (170 MB)"),
+                     "torchvision.datasets.CIFAR10(root, download=True) (170 MB)", "cifar-10-batches-py"),
     "cats_vs_dogs": _Spec(_cvd_present, _cvd_load, None,
                           "the Kaggle 'Dogs vs. Cats' photos as <root>/cats_vs_dogs/{train,test}/{cat,dog}/*.jpg "
                           "(or flat cat.N.jpg / dog.N.jpg); with internet, load_dataset('oxford_pets') "
-                          "downloads Oxford-IIIT Pet with the binary cat/dog target instead"),
+                          "downloads Oxford-IIIT Pet with the binary cat/dog target instead", "cats_vs_dogs"),
     "oxford_pets": _Spec(_pets_present, _pets_load, _pets_download,
-                         "torchvision.datasets.OxfordIIITPet(root, target_types='binary-category', download=True)"),
+                         "torchvision.datasets.OxfordIIITPet(root, target_types='binary-category', download=True)",
+                         "oxford-iiit-pet"),
 }
 
 
+def _not_found(name: str, paths: list[Path], note: str) -> DatasetNotFoundError:
+    """The not-found error: every folder searched (and which hold an empty or incomplete copy), the fix."""
+    spec = DATASETS[name]
+    lines = [str(p.resolve()) + (f"  (has {spec.folder}/, but no usable copy: empty or incomplete)"
+                                 if spec.folder and (p / spec.folder).exists() else "") for p in paths]
+    searched = "\n  ".join(lines)
+    return DatasetNotFoundError(f"dataset {name!r} not found. Searched:\n  {searched}\n"
+                                f"Get it with {spec.how}, or point PRUNINGLIB_DATA at the folder that holds it{note}")
+
+
 def find_dataset(name: str) -> Path:
-    """The first search-path folder that holds ``name``.
+    """The first search-path folder that holds a (non-empty) copy of ``name``.
 
     Raises:
         DatasetNotFoundError: naming every folder searched and how to obtain the data.
@@ -229,11 +367,51 @@ def find_dataset(name: str) -> Path:
     for root in paths:
         if spec.present(root):
             return root
-    searched = "\n  ".join(str(p.resolve()) for p in paths)
-    raise DatasetNotFoundError(
-        f"dataset {name!r} not found. Searched:\n  {searched}\n"
-        f"Get it with {spec.how}, or point PRUNINGLIB_DATA at the folder that holds it"
-        + (" (PRUNINGLIB_OFFLINE is set, so nothing was downloaded)." if _offline() else "."))
+    raise _not_found(name, paths, " (PRUNINGLIB_OFFLINE is set, so nothing was downloaded)." if _offline() else ".")
+
+
+def _new_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_empty_dirs(dirs: list[Path]) -> None:
+    """Remove the empty folders in and among ``dirs`` (deepest first); anything holding a file stays."""
+    for d in dirs:
+        for sub, _, _ in os.walk(d, topdown=False):
+            try:
+                os.rmdir(sub)
+            except OSError:
+                pass  # not empty: a partial download is kept for the next try
+
+
+def _download(name: str, missing: DatasetNotFoundError, download: bool | None) -> Path:
+    """Download a dataset that was not found, where allowed; the folder it went into.
+
+    Raises ``missing`` when downloading is not wanted or impossible; refuses ``download=True``
+    while ``PRUNINGLIB_OFFLINE`` is set (creating nothing); after a failed download the empty
+    folders it made are removed again.
+    """
+    spec = DATASETS[name]
+    if download is False or spec.download is None or (download is None and _offline()):
+        raise missing
+    if _offline():
+        raise _not_found(name, search_path(), ". download=True was not attempted because PRUNINGLIB_OFFLINE "
+                                              "is set: unset PRUNINGLIB_OFFLINE (or set it to 0) to download it.")
+    root = search_path()[0]
+    made = _new_dirs(root / spec.folder)
+    try:
+        spec.download(root)
+    except Exception as e:  # network errors, read-only folders
+        _remove_empty_dirs(made)
+        raise DatasetNotFoundError(f"{missing}\nDownloading it into {root.resolve()} failed "
+                                   f"({type(e).__name__}: {e}); set PRUNINGLIB_OFFLINE=1 to skip "
+                                   "the download attempt.") from e
+    return root
 
 
 def load_dataset(name: str, split: str = "train", transform: Any = None,
@@ -244,7 +422,15 @@ def load_dataset(name: str, split: str = "train", transform: Any = None,
         name: a key of :data:`DATASETS`, or ``"synthetic"``.
         split: ``"train"`` or ``"test"``.
         transform: torchvision transform applied to each image.
-        download: ``None`` = download when missing unless ``PRUNINGLIB_OFFLINE`` is set.
+        download: ``None`` = download when missing unless ``PRUNINGLIB_OFFLINE`` is set;
+            ``True`` is refused while it is set.
+
+    Used in lessons 00, 01, 04, 05 and 06 (and through :func:`load_tensors` in 02 and 03).
+
+    Raises:
+        DatasetNotFoundError: found nowhere and not downloaded (naming the folders and the fix).
+        DatasetCorruptError: the copy found is damaged (naming the file and the fix).
+        ValueError: an unknown name or split, or a ``PRUNINGLIB_DATA`` that names no folder.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -253,17 +439,7 @@ def load_dataset(name: str, split: str = "train", transform: Any = None,
     try:
         root = find_dataset(name)
     except DatasetNotFoundError as missing:
-        spec = DATASETS[name]
-        allowed = (not _offline()) if download is None else download
-        if not allowed or spec.download is None:
-            raise
-        root = search_path()[0]
-        try:
-            spec.download(root)
-        except Exception as e:  # network errors, read-only folders
-            raise DatasetNotFoundError(f"{missing}\nDownloading it into {root.resolve()} failed "
-                                       f"({type(e).__name__}: {e}); set PRUNINGLIB_OFFLINE=1 to skip "
-                                       "the download attempt.") from e
+        root = _download(name, missing, download)
     return DATASETS[name].load(root, split, transform)
 
 
