@@ -39,7 +39,7 @@ from torch.func import grad, hessian, jacrev, vmap
 from tqdm.auto import tqdm
 
 from pruninglib.curvature.params import (Batches, EvalMode, as_batches, cast_input, check_size, flat_loss_fn,
-                                         output_fn, setup_flat)
+                                         output_fn, quiet_jit_deprecation, setup_flat)
 
 __all__ = ["loss_at", "losses_at", "gradient", "exact_hessian", "gauss_newton", "relative_frobenius_error",
            "minimize_full_batch"]
@@ -139,7 +139,8 @@ def exact_hessian(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch
         for x, y in tqdm(as_batches(batches), desc="Hessian", disable=not progress, leave=False):
             x, y = cast_input(x, dtype, device), y.to(device)
             fb = lambda t: f(t, x, y)  # noqa: E731
-            Hb = hessian(fb)(flat) if chunk_size is None else jacrev(jacrev(fb), chunk_size=chunk_size)(flat)
+            with quiet_jit_deprecation():
+                Hb = hessian(fb)(flat) if chunk_size is None else jacrev(jacrev(fb), chunk_size=chunk_size)(flat)
             H.add_(Hb.detach(), alpha=len(y))
             del Hb
             n += len(y)

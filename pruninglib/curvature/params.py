@@ -8,8 +8,10 @@ ready for ``grad``, ``hessian`` and ``vmap``. Used in lessons 01 and 02 (through
 """
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,7 +19,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 __all__ = ["Batches", "ParamSpec", "param_spec", "flatten_params", "load_flat", "as_batches", "flat_loss_fn",
-           "output_fn", "fixed_tensors", "cast_input", "EvalMode", "setup_flat", "add_damping", "check_size"]
+           "output_fn", "fixed_tensors", "cast_input", "EvalMode", "setup_flat", "add_damping", "check_size",
+           "quiet_jit_deprecation"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -226,3 +229,17 @@ def check_size(p: int, max_params: int) -> None:
         raise ValueError(f"the model has {p} parameters; a dense {p}x{p} curvature matrix needs "
                          f"{p * p * 8 / 2**30:.1f} GiB in float64. Use a smaller model, restrict "
                          f"`params=` to some layers, or raise max_params (now {max_params}).")
+
+
+@contextmanager
+def quiet_jit_deprecation() -> Iterator[None]:
+    """Silence exactly one warning: PyTorch's ``torch.jit.script is deprecated`` FutureWarning.
+
+    ``torch.func.hessian`` (forward-over-reverse) reaches ``torch.jit.script`` inside PyTorch's own
+    jvp decompositions, which then warns about PyTorch's internals, not about anything a learner
+    wrote. Wrapped around those calls only (the exact Hessian of lessons 01-02 and the XOR test of
+    lesson 01); every other warning still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        yield

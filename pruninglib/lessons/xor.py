@@ -28,6 +28,7 @@ from torch.func import grad, hessian, vmap
 
 from pruninglib.criteria.obd import magnitude_saliency, obd_saliency
 from pruninglib.criteria.obs import obs_saliency
+from pruninglib.curvature.params import quiet_jit_deprecation
 
 __all__ = ["XOR_X", "XOR_T", "XOR_NAMES", "xor_forward", "xor_error", "minimize_batched",
            "train_xor", "XorTrial", "xor_pruning_trial", "obs_deleted", "xor_miss_diagnostics", "example_network"]
@@ -90,7 +91,8 @@ def minimize_batched(theta: torch.Tensor, weight_decay: float = 0.0, fixed: torc
         keep = ~done
         active, th, free, mu, E, g = active[keep], th[keep], free[keep], mu[keep], E[keep], g[keep]
         n = len(active)
-        H = vmap(hessian(f))(th)
+        with quiet_jit_deprecation():
+            H = vmap(hessian(f))(th)
         Fm = free.unsqueeze(-1) & free.unsqueeze(-2)
         H = torch.where(Fm, H, eye.expand(n, P, P))
         lam_min = torch.linalg.eigvalsh(H)[:, 0]
@@ -202,7 +204,8 @@ def xor_pruning_trial(theta: torch.Tensor, weight_decay: float = 1e-3, steps: in
     """
     R = theta.shape[0]
     f = lambda t: xor_error(t, weight_decay)  # noqa: E731
-    H = vmap(hessian(f))(theta)
+    with quiet_jit_deprecation():
+        H = vmap(hessian(f))(theta)
     H_inv = torch.linalg.inv(H)
     sal = {"magnitude": magnitude_saliency(theta),
            "OBD": vmap(obd_saliency)(theta, H),
@@ -265,7 +268,8 @@ def xor_miss_diagnostics(trial: XorTrial, weight_decay: float = 1e-3) -> dict[st
         ``"obs_miss_size"``: the median :math:`|\theta|` of that weight (both ``None`` without misses);
         ``"median_abs_weight"``: the median :math:`|\theta|` of all weights of the solved networks.
     """
-    Hx = vmap(hessian(lambda t: xor_error(t, weight_decay)))(trial.theta[trial.solved])
+    with quiet_jit_deprecation():
+        Hx = vmap(hessian(lambda t: xor_error(t, weight_decay)))(trial.theta[trial.solved])
     offdiag = float(((Hx - torch.diag_embed(torch.diagonal(Hx, dim1=1, dim2=2))).norm(dim=(1, 2))
                      / Hx.norm(dim=(1, 2))).median())
     mag_bias = float(torch.isin(trial.choice["magnitude"][trial.solved], torch.tensor([4, 5, 8])).double().mean())
