@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import platform
 import random
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["set_seed", "get_device", "describe_device", "make_generator", "choose_mode", "setup", "MODES"]
+__all__ = ["set_seed", "get_device", "describe_device", "make_generator", "choose_mode", "setup", "close_bar", "MODES"]
 
 
 def set_seed(seed: int = 0, deterministic: bool = True) -> None:
@@ -136,3 +137,16 @@ def setup(mode: str, seed: int = 0, threads: int | None = None, modes: dict[str,
             found = [n for n, spec in data.DATASETS.items() if spec.present(p)]
             print(f"  {p.resolve()}  ->  {', '.join(found) or 'nothing'}")
     return cfg
+
+
+def close_bar(bar: Any) -> None:
+    """Close a tqdm bar as complete at the count it reached.
+
+    A loop that stops before (or runs past) the total it announced -- a greedy schedule that
+    stops at its loss threshold, a search that meets its target early -- would leave the
+    notebook widget red ("danger"), which a learner reads as a failure. Used in lessons 03 and 06.
+    """
+    if bar.total is not None and bar.n != bar.total:
+        bar.total = bar.n
+        bar.refresh()
+    bar.close()

@@ -116,7 +116,7 @@ def test_greedy_oracle_first_step_is_the_best_single_removal():
     model, batches = _tiny()
     model.eval()
     d, base = oracle_loss_change(model, batches, return_base=True)
-    res = greedy_prune(model, batches, greedy_scorer("oracle"), step=1, max_loss_increase=100.0,
+    res = greedy_prune(model, batches, greedy_scorer("oracle_signed"), step=1, max_loss_increase=100.0,
                        max_units=3)
     best = min(float(v.min()) for v in d.values())
     assert res.losses[0] == pytest.approx(base, abs=1e-6)
@@ -150,7 +150,7 @@ def test_greedy_scores_on_score_batches_but_measures_loss_on_batches():
 
     def spy(m, data, alive):
         seen.append(data)
-        return greedy_scorer("oracle")(m, data, alive)
+        return greedy_scorer("oracle_signed")(m, data, alive)
 
     res = greedy_prune(model, loss_set, spy, step=1, max_loss_increase=100.0, max_units=2,
                        score_batches=score_set)

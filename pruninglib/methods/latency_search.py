@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from pruninglib.core.graph import PrunableLayer, prunable_layers
 from pruninglib.core.metrics import time_runs
 from pruninglib.core.surgery import prune_channels
+from pruninglib.utils import close_bar
 
 __all__ = ["MacsModel", "uniform_counts", "global_counts", "width_grid", "LatencyTable",
            "build_latency_table", "time_module", "netadapt_search", "SearchResult"]
@@ -596,5 +597,5 @@ def netadapt_search(model: nn.Module, cost: Callable[[Mapping[str, int]], float]
                         "accuracy": acc, "proposals": tried})
         bar.update(1)
         bar.set_postfix(cost=f"{cost(widths) / r0:.2f}", acc=f"{acc:.3f}")
-    bar.close()
+    close_bar(bar)  # the search may meet its target in fewer or more steps than planned
     return SearchResult(current, dict(widths), kept, cost(widths), history)

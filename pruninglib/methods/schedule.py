@@ -31,6 +31,7 @@ from pruninglib.criteria.magnitude import weight_l2
 from pruninglib.criteria.taylor import weight_fo_unit_scores
 from pruninglib.core.gates import get_gates, insert_gates, set_units
 from pruninglib.core.graph import prunable_layers
+from pruninglib.utils import close_bar
 
 __all__ = ["ImportanceAccumulator", "IterativePruner", "scaled_per_step", "select_lowest",
            "GreedyResult", "greedy_prune", "greedy_scorer", "ONLINE_CRITERIA", "non_gate_parameters",
@@ -360,7 +361,7 @@ def greedy_prune(model: nn.Module, batches: Sequence,
                 break
         if not crossed:
             res.count = len(res.order)
-    bar.close()
+    close_bar(bar)  # it may stop short of its total at the threshold
     return res
 
 
@@ -368,19 +369,24 @@ def greedy_scorer(name: str, seed: int = 0, loss_fn: Callable = F.cross_entropy,
                   **kw: Any) -> Callable[[nn.Module, Sequence, dict[str, torch.Tensor]], Scores]:
     r"""A ``score_fn`` for :func:`greedy_prune`.
 
-    ``"oracle"``: the signed :math:`\Delta L` of removing each alive unit alone
-    (:func:`~pruninglib.criteria.oracle.oracle_loss_change`; the greedy oracle removes the unit
-    whose removal raises the loss least). ``"random"``: a fixed random order drawn with ``seed``.
+    ``"oracle"``: :math:`|\Delta L|`, the absolute change of the loss when each alive unit alone is
+    removed (:func:`~pruninglib.criteria.oracle.oracle_loss_change`), so the greedy oracle removes the
+    unit whose removal changes the loss least, as the authors' code does (NVlabs/Taylor_pruning,
+    ``pruning_engine.py``, oracle method: ``abs(initial_loss - new_loss)``) and as Molchanov et al.
+    2017, Sec. 2.2, argue (a removal that lowers the loss a lot is a big change too).
+    ``"oracle_signed"``: the signed :math:`\Delta L` (removes the unit whose removal raises the loss
+    least, or lowers it most). ``"random"``: a fixed random order drawn with ``seed``.
     Any other name: that registered criterion (e.g. ``"taylor_so_gate"``, ``"taylor_fo_gate"``,
     ``"weight_l2"``), called as ``fn(model, batches, loss_fn, **kw)``.
     """
     from pruninglib.criteria import get_criterion
     from pruninglib.criteria.oracle import oracle_loss_change
 
-    if name == "oracle":
+    if name in ("oracle", "oracle_signed"):
         def score(m: nn.Module, batches: Sequence, alive: dict[str, torch.Tensor]) -> Scores:
             units = {k: torch.nonzero(v).flatten().tolist() for k, v in alive.items()}
-            return oracle_loss_change(m, batches, loss_fn, units=units, **kw)
+            delta = oracle_loss_change(m, batches, loss_fn, units=units, **kw)
+            return delta if name == "oracle_signed" else {k: v.abs() for k, v in delta.items()}
         return score
     if name == "random":
         return lambda m, batches, alive: get_criterion("random")(m, batches, seed=seed)
