@@ -20,11 +20,14 @@ Networks for Resource Efficient Inference", to VGG16 fine-tuned on Kaggle's Dogs
    Linear's :math:`7\times 7` block of inputs after the last conv).
 4. **Fine-tune** all layers, and repeat 2-4 (Molchanov et al. 2017, Algorithm in Sec. 2).
 
-The helpers here keep the notebook short and are unit-tested (``tests/test_transfer.py``):
+The helpers here keep the notebook short and are unit-tested (``tests/test_transfer.py``,
+``tests/test_lesson_04.py``):
 
 * :func:`transfer_head`, :func:`cache_features`, :func:`train_head` -- a frozen backbone computes
   the same features every epoch, so compute them once and train only the head on them;
-* :func:`rank_filters`, :func:`remove_lowest_filters`, :func:`prune_finetune_loop` -- the iteration loop;
+* :func:`rank_filters`, :func:`remove_lowest_filters`, :func:`prune_iteration` (one round: rank, remove,
+  check), :func:`stage_record` (what is kept of every stage), :func:`prune_finetune_loop` -- the iteration loop;
+* :func:`speedup_rows` -- every stage's MAC, size, latency and throughput ratios against the unpruned model;
 * :func:`predict` -- the photos' predictions before and after (the grid is drawn by
   :func:`pruninglib.plots.plot_prediction_grid`; where size and time go is measured by
   :func:`pruninglib.core.metrics.measure_model`, :func:`~pruninglib.core.metrics.layer_times` and
@@ -50,8 +53,8 @@ from pruninglib.train import fit, make_loader
 
 __all__ = [
     "transfer_head", "cache_features", "train_head", "unfreeze", "finetune",
-    "conv_counts", "total_conv_filters", "rank_filters", "remove_lowest_filters", "prune_finetune_loop",
-    "predict",
+    "conv_counts", "total_conv_filters", "rank_filters", "remove_lowest_filters", "prune_iteration",
+    "stage_record", "prune_finetune_loop", "speedup_rows", "predict",
 ]
 
 
@@ -246,6 +249,93 @@ def remove_lowest_filters(model: nn.Module, scores: Scores, n: int, min_keep: in
     return {k: sorted(v) for k, v in plan.items()}
 
 
+def _check_schedule(model: nn.Module, filters_per_iteration: int, iterations: int) -> int:
+    """Refuse a schedule that removes too many filters; return the model's filter count."""
+    if filters_per_iteration <= 0 or iterations < 0:
+        raise ValueError(f"need filters_per_iteration > 0 and iterations >= 0, got "
+                         f"{filters_per_iteration} and {iterations}")
+    start = total_conv_filters(model)
+    n_layers = len(conv_counts(model))
+    if filters_per_iteration * iterations > start - n_layers:
+        raise ValueError(f"{iterations} x {filters_per_iteration} filters is more than the {start - n_layers} "
+                         f"that can go from {start} (one must stay per layer); lower the schedule")
+    return start
+
+
+def stage_record(model: nn.Module, name: str, iteration: int, removed_now: int, plan: Mapping[str, Sequence[int]],
+                 start_filters: int, rank_s: float = 0.0, finetune_s: float = 0.0,
+                 evaluate_fn: Callable[[nn.Module], Mapping[str, Any]] | None = None,
+                 measure_fn: Callable[[nn.Module], Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The record of one stage of :func:`prune_finetune_loop` (the model as it is now).
+
+    Used in lesson 04 (through :func:`prune_finetune_loop`).
+
+    Args:
+        model: the model after this stage's surgery and fine-tuning.
+        name: ``"unpruned"``, ``"iter 1"``, ..., ``"final"``.
+        iteration: the round (0 for the unpruned model).
+        removed_now: filters removed in this stage.
+        plan: ``{layer name: removed indices}`` of this stage (``{}`` when nothing was removed).
+        start_filters: the unpruned model's filter count (for ``removed_total``).
+        rank_s, finetune_s: wall seconds of the ranking + surgery and of the fine-tuning.
+        evaluate_fn, measure_fn: called with the model, in this order; their keys are merged in.
+
+    Returns:
+        ``stage``, ``iteration``, ``removed_now``, ``removed_total``, ``plan_sizes``, ``counts``,
+        ``filters``, ``rank_s``, ``finetune_s``, then the callbacks' keys.
+    """
+    counts = conv_counts(model)
+    rec: dict[str, Any] = {"stage": name, "iteration": iteration, "removed_now": removed_now,
+                           "removed_total": start_filters - sum(counts.values()),
+                           "plan_sizes": {k: len(v) for k, v in plan.items()},
+                           "counts": counts, "filters": sum(counts.values()),
+                           "rank_s": rank_s, "finetune_s": finetune_s}
+    if evaluate_fn is not None:
+        rec.update(evaluate_fn(model))
+    if measure_fn is not None:
+        rec.update(measure_fn(model))
+    return rec
+
+
+def prune_iteration(model: nn.Module, batches: Iterable, n: int, criterion: str = "taylor_2017",
+                    iteration: int = 1, on_rank: Callable[[int, Scores], None] | None = None,
+                    check_batch: torch.Tensor | None = None) -> tuple[dict[str, list[int]], float | None]:
+    """One pruning round of :func:`prune_finetune_loop` without the fine-tuning: rank, remove, check.
+
+    Ranks all conv filters on ``batches`` (:func:`rank_filters`), calls ``on_rank(iteration, scores)``,
+    removes the ``n`` lowest (:func:`remove_lowest_filters`) and, with ``check_batch``, compares the
+    pruned model with a gated copy of the model before surgery whose removed filters' gates are
+    zero (eval mode; costs one model copy). Used in lesson 04 (through :func:`prune_finetune_loop`).
+
+    Args:
+        model: pruned in place.
+        batches: iterable of ``(x, y)`` for the ranking pass.
+        n: filters to remove.
+        criterion: the ranking criterion's registry name.
+        iteration: passed to ``on_rank``.
+        on_rank: called with ``(iteration, scores)`` after the ranking pass.
+        check_batch: the batch of the surgery check (``None``: no check).
+
+    Returns:
+        ``(plan, max_diff)``: ``{layer name: removed indices}`` and the max abs logit difference
+        between the gated and the pruned model (``None`` without ``check_batch``).
+    """
+    scores = rank_filters(model, batches, criterion=criterion)
+    if on_rank is not None:
+        on_rank(iteration, scores)
+    gated = None
+    if check_batch is not None:
+        gated = copy.deepcopy(model)
+        insert_gates(gated, kinds=("conv",))
+    plan = remove_lowest_filters(model, scores, n)
+    diff = None
+    if gated is not None:
+        zero_units(gated, [(name, i) for name, idx in plan.items() for i in idx])
+        diff = _max_diff(gated, model, check_batch)
+        del gated
+    return plan, diff
+
+
 def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], filters_per_iteration: int,
                         iterations: int, finetune_fn: Callable[[nn.Module, int], Any] | None = None,
                         final_finetune_fn: Callable[[nn.Module], Any] | None = None,
@@ -256,10 +346,10 @@ def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], 
                         check_batch: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
     """Iterative pruning as in Molchanov et al. 2017 (Sec. 2) and Gildenblat's blog post.
 
-    For ``iterations`` rounds: rank all conv filters (:func:`rank_filters`), remove the
-    ``filters_per_iteration`` lowest (:func:`remove_lowest_filters`), fine-tune (``finetune_fn``);
-    finally ``final_finetune_fn`` (the blog post's 15 extra epochs). Stage 0 is the
-    unpruned model. Every stage is evaluated and measured with the given callbacks.
+    For ``iterations`` rounds: rank all conv filters, remove the ``filters_per_iteration`` lowest
+    and check the surgery (:func:`prune_iteration`), fine-tune (``finetune_fn``); finally
+    ``final_finetune_fn`` (the blog post's 15 extra epochs). Stage 0 is the unpruned model.
+    Every stage is evaluated and measured with the given callbacks (:func:`stage_record`).
 
     Args:
         model: pruned in place.
@@ -287,28 +377,12 @@ def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], 
     Raises:
         ValueError: for a schedule that removes too many filters or non-positive settings.
     """
-    if filters_per_iteration <= 0 or iterations < 0:
-        raise ValueError(f"need filters_per_iteration > 0 and iterations >= 0, got "
-                         f"{filters_per_iteration} and {iterations}")
-    start = total_conv_filters(model)
-    n_layers = len(conv_counts(model))
-    if filters_per_iteration * iterations > start - n_layers:
-        raise ValueError(f"{iterations} x {filters_per_iteration} filters is more than the {start - n_layers} "
-                         f"that can go from {start} (one must stay per layer); lower the schedule")
+    start = _check_schedule(model, filters_per_iteration, iterations)
     records: list[dict] = []
 
     def stage(name: str, it: int, removed_now: int, plan: Mapping[str, Sequence[int]],
               rank_s: float, ft_s: float) -> None:
-        counts = conv_counts(model)
-        rec: dict[str, Any] = {"stage": name, "iteration": it, "removed_now": removed_now,
-                               "removed_total": start - sum(counts.values()),
-                               "plan_sizes": {k: len(v) for k, v in plan.items()},
-                               "counts": counts, "filters": sum(counts.values()),
-                               "rank_s": rank_s, "finetune_s": ft_s}
-        if evaluate_fn is not None:
-            rec.update(evaluate_fn(model))
-        if measure_fn is not None:
-            rec.update(measure_fn(model))
+        rec = stage_record(model, name, it, removed_now, plan, start, rank_s, ft_s, evaluate_fn, measure_fn)
         records.append(rec)
         if on_stage is not None:
             on_stage(rec, model)
@@ -316,25 +390,14 @@ def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], 
     stage("unpruned", 0, 0, {}, 0.0, 0.0)
     for it in tqdm(range(1, iterations + 1), desc="prune iterations", disable=not progress):
         t0 = time.perf_counter()
-        scores = rank_filters(model, rank_batches(), criterion=criterion)
-        if on_rank is not None:
-            on_rank(it, scores)
-        gated = None
-        if check_batch is not None:
-            gated = copy.deepcopy(model)
-            insert_gates(gated, kinds=("conv",))
-        plan = remove_lowest_filters(model, scores, filters_per_iteration)
-        diff = None
-        if gated is not None:
-            zero_units(gated, [(n, i) for n, idx in plan.items() for i in idx])
-            diff = _max_diff(gated, model, check_batch)
-            del gated
+        plan, diff = prune_iteration(model, rank_batches(), filters_per_iteration, criterion=criterion,
+                                     iteration=it, on_rank=on_rank, check_batch=check_batch)
         t1 = time.perf_counter()
         if finetune_fn is not None:
             finetune_fn(model, it)
         t2 = time.perf_counter()
         stage(f"iter {it}", it, filters_per_iteration, plan, t1 - t0, t2 - t1)
-        if diff is not None:
+        if diff is not None:  # added after on_stage was called: the record it saw has no such key
             records[-1]["surgery_max_diff"] = diff
     if final_finetune_fn is not None:
         t1 = time.perf_counter()
@@ -355,7 +418,36 @@ def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     return diff
 
 
-# ------------------------------------------------------------------------- measurement
+# ----------------------------------------------------------------------------- results
+
+
+def speedup_rows(records: Sequence[Mapping[str, Any]], devices: Sequence[str] = ("cpu",)) -> list[dict[str, Any]]:
+    """Each stage against the first (the unpruned model): the ratios that Section 6 plots.
+
+    Used in lesson 04.
+
+    Args:
+        records: :func:`prune_finetune_loop`'s stages, measured (``macs``, ``size_mb``, and
+            ``latency_ms_<d>``, ``throughput_<d>`` for every device ``d``).
+        devices: the device types that were timed.
+
+    Returns:
+        One dict per stage: ``stage``, ``mac_ratio`` (unpruned / this stage), ``size_ratio``
+        (likewise), and per device ``speedup_<d>`` (batch-1 latency, unpruned / this stage) and
+        ``thr_ratio_<d>`` (throughput, this stage / unpruned).
+    """
+    if not records:
+        raise ValueError("speedup_rows needs at least one record (the unpruned stage)")
+    base = records[0]
+    rows = []
+    for r in records:
+        mac_ratio = base["macs"] / r["macs"]
+        row = dict(stage=r["stage"], mac_ratio=mac_ratio, size_ratio=base["size_mb"] / r["size_mb"])
+        for d in devices:
+            row[f"speedup_{d}"] = base[f"latency_ms_{d}"] / r[f"latency_ms_{d}"]
+            row[f"thr_ratio_{d}"] = r[f"throughput_{d}"] / base[f"throughput_{d}"]
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------ photos
