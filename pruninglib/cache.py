@@ -7,16 +7,21 @@ parameter or a new pruninglib version gives a new key, so stale results are neve
 
 The folder is ``PRUNINGLIB_CACHE`` (default ``<repository>/cache``); ``PRUNINGLIB_NO_CACHE=1``
 switches the cache off.
+
+Entries are :func:`pruninglib.checkpoint.save_checkpoint` files (atomic, checksum in the
+header). An entry that cannot be verified (corrupt, an interrupted write, or one of the
+previous format whose ``.sha256`` is missing or damaged) is recomputed and replaced.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from pruninglib.checkpoint import ChecksumError, load_checkpoint, save_checkpoint
+from pruninglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["cache_dir", "cache_key", "cached"]
 
@@ -42,6 +47,8 @@ def cache_key(name: str, params: dict[str, Any]) -> str:
 def cached(name: str, params: dict[str, Any], compute: Callable[[], T], verbose: bool = True) -> T:
     """Return ``compute()``'s result, computed once per (name, params, version).
 
+    Used in lessons 01, 04 and 06 (and by :mod:`pruninglib.lessons.lenet3`, lessons 02 and 03).
+
     Args:
         name: what is cached (part of the file name).
         params: everything the result depends on (JSON-like values).
@@ -57,8 +64,8 @@ def cached(name: str, params: dict[str, Any], compute: Callable[[], T], verbose:
             if verbose:
                 print(f"[cache] loaded {name} from {path}")
             return result
-        except (ChecksumError, EOFError, RuntimeError) as e:
-            print(f"[cache] ignoring unreadable {path}: {e}")
+        except (CheckpointError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+            print(f"[cache] ignoring unreadable {path} ({type(e).__name__}: {e}); recomputing it")
     result = compute()
     save_checkpoint(result, path)
     if verbose:
