@@ -41,7 +41,7 @@ from torchvision import transforms as T
 
 __all__ = ["search_path", "find_dataset", "load_dataset", "DatasetNotFoundError", "DatasetCorruptError",
            "DATASETS", "IDX_DATASETS", "idx_file_problem", "idx_problems", "CatsVsDogs", "subset_per_class", "synthetic_images", "targets_of", "image_transforms",
-           "to_tensor_dataset", "DATASET_STATS", "load_tensors", "batches"]
+           "to_tensor_dataset", "fingerprint", "DATASET_STATS", "load_tensors", "batches"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -467,7 +467,13 @@ def subset_per_class(dataset: Dataset, n_per_class: int, seed: int = 0) -> Subse
 
 
 def to_tensor_dataset(dataset: Dataset, batch_size: int = 256) -> TensorDataset:
-    """Materialise a (small) dataset into memory once, so epochs skip decoding."""
+    """Materialise a (small) dataset into memory once, so epochs skip decoding. Used in lessons 00 and 04.
+
+    Raises:
+        ValueError: the dataset is empty (a subset of 0 examples, an empty folder).
+    """
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: check the subset sizes (n_*_per_class) and the data folder")
     xs, ys = [], []
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     for x, y in loader:
@@ -570,3 +576,32 @@ def batches(dataset: Dataset, batch_size: int, device: torch.device | str | None
 
     return [(x.to(device), y.to(device)) if device is not None else (x, y)
             for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A short id of *which data* a dataset (or a Subset of one) holds, for cache keys.
+
+    For datasets read from files (:class:`CatsVsDogs`, torchvision's ImageFolder-like ``samples``)
+    it hashes the selected files' names, sizes and modification times with their labels, so a
+    cache built from one copy of the photos is never served for another copy; otherwise the
+    type, length and labels. Used in lesson 04 (the cached backbone features and classifier).
+    """
+    import hashlib
+
+    indices = None
+    base = dataset
+    while isinstance(base, Subset):
+        indices = [base.indices[i] for i in indices] if indices is not None else list(base.indices)
+        base = base.dataset
+    h = hashlib.sha256()
+    samples = getattr(base, "samples", None)
+    if samples is not None:
+        picked = [samples[i] for i in indices] if indices is not None else samples
+        for path, label in picked:
+            st = os.stat(path)
+            h.update(f"{Path(path).parent.name}/{Path(path).name}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+    else:
+        y = np.ascontiguousarray(targets_of(dataset).astype(np.int64))
+        h.update(y.tobytes())
+    n = len(indices) if indices is not None else len(base)
+    return f"{type(base).__name__}:{n}:{h.hexdigest()[:16]}"

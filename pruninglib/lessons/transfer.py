@@ -102,14 +102,18 @@ def cache_features(model: nn.Module, dataset: Dataset, batch_size: int = 64,
         progress: show a tqdm bar.
 
     Returns:
-        ``TensorDataset(features, labels)``.
+        ``TensorDataset(features, labels)``. The global random state is left as it was, so what
+        follows is the same whether the features were computed or loaded from a cache.
     """
     _check_vgg_like(model)
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     feats, labels = [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    # a generator of its own: iterating a DataLoader draws a seed from the global RNG otherwise, and a
+    # lesson that computes the features would then continue from another random state than one that
+    # loads them from the cache
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     for x, y in tqdm(loader, desc="caching features", leave=False, disable=not progress):
         feats.append(model.features(x.to(device)).cpu())
         labels.append(torch.as_tensor(y))
@@ -456,6 +460,8 @@ def speedup_rows(records: Sequence[Mapping[str, Any]], devices: Sequence[str] = 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Class predictions (argmax) of ``model`` for a batch of images, in eval mode, on the CPU."""
+    if len(x) == 0:
+        raise ValueError("predict got no images: pass at least one (N >= 1) image tensor")
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
