@@ -29,14 +29,17 @@ T = TypeVar("T")
 
 
 def cache_dir() -> Path:
-    """The cache folder (created on first use)."""
+    """The cache folder (created on first use). Used in lessons 01, 02, 03, 04, 05 and 06."""
     env = os.environ.get("PRUNINGLIB_CACHE")
     root = Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
     return root
 
 
 def cache_key(name: str, params: dict[str, Any]) -> str:
-    """A stable hex key for ``name``, ``params`` and the pruninglib version."""
+    """A stable hex key for ``name``, ``params`` and the pruninglib version.
+
+    Used in lessons 01, 02, 03, 04, 05 and 06.
+    """
     from pruninglib import __version__
 
     blob = json.dumps({"name": name, "params": params, "version": __version__}, sort_keys=True,

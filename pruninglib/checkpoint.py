@@ -58,21 +58,32 @@ _PRUNED_FORMAT = "pruninglib.pruned/1"
 
 
 class CheckpointError(OSError):
-    """A checkpoint file cannot be used (base of :class:`ChecksumError` and :class:`InterruptedWriteError`)."""
+    """A checkpoint file cannot be used (base of :class:`ChecksumError` and :class:`InterruptedWriteError`).
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
 
 
 class ChecksumError(CheckpointError):
-    """A file's bytes do not match their checksum, or it has no valid checksum: corrupt or unverifiable."""
+    """A file's bytes do not match their checksum, or it has no valid checksum: corrupt or unverifiable.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
 
 
 class InterruptedWriteError(CheckpointError):
-    """A file is shorter than its header says: the write (or copy) that produced it was cut short."""
+    """A file is shorter than its header says: the write (or copy) that produced it was cut short.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file (all its bytes, header included), e.g. to compare copies by hand.
 
     Not called by the lessons; kept for users and the previous format's ``.sha256`` side files.
+
+    No lesson calls it directly (its tests do).
     """
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -184,6 +195,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     The bytes are written as they are (no header): readers of a killed write see the previous
     file or the new one. The file gets mode ``0o666`` less the umask. Part of the checkpoint
     and cache machinery (:func:`save_checkpoint` writes through it).
+
+    No lesson calls it directly (its tests do).
     """
     return _atomic_write(Path(path), [data])
 

@@ -48,12 +48,18 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is on none of the search-path folders and may not be downloaded."""
+    """A dataset is on none of the search-path folders and may not be downloaded.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
 
 
 class DatasetCorruptError(RuntimeError):
     """A dataset copy is on the search path but unusable: a truncated or damaged file, or a class
-    folder without images. The message names the file or folder and the fix."""
+    folder without images. The message names the file or folder and the fix.
+
+    No lesson calls it directly (its tests do).
+    """
 
 
 def search_path() -> list[Path]:
@@ -359,6 +365,8 @@ def find_dataset(name: str) -> Path:
 
     Raises:
         DatasetNotFoundError: naming every folder searched and how to obtain the data.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS) + ['synthetic']}")
@@ -444,7 +452,10 @@ def load_dataset(name: str, split: str = "train", transform: Any = None,
 
 
 def targets_of(dataset: Dataset) -> np.ndarray:
-    """Class labels of a dataset (or Subset) as a NumPy array, without loading images."""
+    """Class labels of a dataset (or Subset) as a NumPy array, without loading images.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
     if isinstance(dataset, Subset):
         return targets_of(dataset.dataset)[np.asarray(dataset.indices)]
     if isinstance(dataset, TensorDataset):
@@ -456,7 +467,10 @@ def targets_of(dataset: Dataset) -> np.ndarray:
 
 
 def subset_per_class(dataset: Dataset, n_per_class: int, seed: int = 0) -> Subset:
-    """``n_per_class`` examples of every class, drawn with a fixed seed (quick modes)."""
+    """``n_per_class`` examples of every class, drawn with a fixed seed (quick modes).
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
     y = targets_of(dataset)
     rng = np.random.default_rng(seed)
     idx: list[int] = []
@@ -485,7 +499,10 @@ def to_tensor_dataset(dataset: Dataset, batch_size: int = 256) -> TensorDataset:
 def synthetic_images(n: int = 256, num_classes: int = 4, channels: int = 1, size: int = 28,
                      train: bool = True, seed: int = 0) -> TensorDataset:
     """A tiny learnable image set for unit tests: each class is a noisy bright square at its
-    own position."""
+    own position.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
     g = torch.Generator().manual_seed(seed + (0 if train else 1))
     y = torch.arange(n) % num_classes
     x = 0.3 * torch.randn(n, channels, size, size, generator=g)
@@ -504,6 +521,8 @@ def image_transforms(size: int, train: bool = False, normalize: Sequence[Sequenc
         size: output side in pixels.
         train: random resized crop and horizontal flip (augmentation) instead of resize + centre crop.
         normalize: ``(mean, std)``; default ImageNet statistics for RGB, none for grayscale.
+
+    Used in lesson 04.
     """
     ops: list[Any] = []
     if train:
@@ -537,6 +556,8 @@ def load_tensors(name: str = "fashion_mnist", split: str = "train", n_per_class:
 
     Raises:
         ValueError: ``normalize=True`` for a dataset without known statistics.
+
+    Used in lessons 02 and 03.
     """
     if normalize and name not in DATASET_STATS:
         raise ValueError(f"no normalisation statistics for {name!r} (known: {sorted(DATASET_STATS)}); "

@@ -38,6 +38,8 @@ def verify_manifest(folder: Path, manifest: Path, fix: str = "") -> list[str]:
 
     Returns:
         One message per missing or mismatching file (empty when all match).
+
+    Used by ``python -m pruninglib.data_check``; no lesson calls it.
     """
     problems = []
     for line in manifest.read_text().splitlines():
@@ -68,6 +70,8 @@ def verify_dataset(name: str) -> list[str]:
 
     Raises:
         ValueError: nothing is known to check ``name`` against (no manifest, not IDX).
+
+    Used by ``python -m pruninglib.data_check``; no lesson calls it.
     """
     root = find_dataset(name)
     folder = root / DATASETS[name].folder
@@ -84,7 +88,10 @@ def verify_dataset(name: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pruninglib.data_check NAME...``: print the problems of each copy; 1 if there are any."""
+    """``python -m pruninglib.data_check NAME...``: print the problems of each copy; 1 if there are any.
+
+    Used by ``python -m pruninglib.data_check``; no lesson calls it.
+    """
     ap = argparse.ArgumentParser(prog="python -m pruninglib.data_check", description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="+")
     args = ap.parse_args(argv)

@@ -43,6 +43,8 @@ class MLP(nn.Module):
         num_classes: output size.
         activation: ``"relu"``, ``"tanh"`` or ``"sigmoid"``.
         bias: use biases.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
 
     def __init__(self, in_features: int = 784, hidden: Sequence[int] = (100,), num_classes: int = 10,
@@ -73,6 +75,8 @@ class LeNet3(nn.Module):
         num_classes: classes.
         widths: (conv1, conv2, fc1, fc2) widths.
         input_size: side of the square input image.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10,
@@ -115,6 +119,8 @@ class CifarVGG(nn.Module):
         num_classes: classes.
         batch_norm: add BatchNorm2d after every conv (Network Slimming needs it).
         width: multiply every conv width by this factor (narrow VGGs for CPUs); at least 1 channel.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
 
     def __init__(self, cfg: Sequence[int | str] | str = "vgg16", in_channels: int = 3,
@@ -174,6 +180,8 @@ class BasicBlock(nn.Module):
 
     ``mid_planes`` (the inner width) is what pruning changes; the block's output width
     stays tied to the residual stream.
+
+    Used in lessons 05 and 06.
     """
 
     def __init__(self, in_planes: int, mid_planes: int, planes: int, stride: int = 1) -> None:
@@ -201,6 +209,8 @@ class CifarResNet(nn.Module):
         widths: channels of the three stages.
         mid_channels: inner width of every block in order (``None``: same as the stage);
             the pruned ResNet-56-A/B of Li et al. 2017 are built with it.
+
+    Used in lessons 05 and 06.
     """
 
     def __init__(self, depth: int = 56, num_classes: int = 10, in_channels: int = 3,
@@ -246,22 +256,22 @@ class CifarResNet(nn.Module):
 
 
 def resnet20(**kw: Any) -> CifarResNet:
-    """CIFAR ResNet-20 (0.27 M parameters)."""
+    """CIFAR ResNet-20 (0.27 M parameters). No lesson calls it directly (its tests do)."""
     return CifarResNet(depth=20, **kw)
 
 
 def resnet56(**kw: Any) -> CifarResNet:
-    """CIFAR ResNet-56 (0.85 M parameters)."""
+    """CIFAR ResNet-56 (0.85 M parameters). No lesson calls it directly (its tests do)."""
     return CifarResNet(depth=56, **kw)
 
 
 def vgg16(**kw: Any) -> nn.Module:
-    """torchvision's ImageNet VGG16, randomly initialised (138,357,544 parameters)."""
+    """torchvision's ImageNet VGG16, randomly initialised (138,357,544 parameters). Used in lessons 00, 03 and 06."""
     return torchvision.models.vgg16(weights=None, **kw)
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
-    """Raised when ImageNet weights are required but cannot be had (offline, no cached copy)."""
+    """Raised when ImageNet weights are required but cannot be had (offline, no cached copy). Used in lesson 04."""
 
 
 def _load_vgg16_imagenet() -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -296,6 +306,8 @@ def vgg16_transfer(num_classes: int = 2, pretrained: bool | str = "auto",
 
     Returns:
         The model, with ``model.pretrained`` (bool) and ``model.backbone_status`` (str) set.
+
+    Used in lesson 04.
     """
     model = torchvision.models.vgg16(weights=None)
     status = "backbone not pretrained"
@@ -337,6 +349,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     Args:
         name: one of :data:`MODELS`.
         **kwargs: constructor arguments (JSON-like values, so checkpoints can store them).
+
+    Used in lessons 00, 02, 03, 04, 05 and 06.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")

@@ -11,7 +11,10 @@ __all__ = ["plot_channel_counts", "plot_history", "display_images", "plot_predic
 
 def plot_channel_counts(counts: Mapping[str, Mapping[str, int]] | Mapping[str, int],
                         title: str = "channels per layer", ax: plt.Axes | None = None) -> plt.Axes:
-    """Bar chart of channels per layer; pass ``{label: {layer: n}}`` to compare models."""
+    """Bar chart of channels per layer; pass ``{label: {layer: n}}`` to compare models.
+
+    Used in lessons 00, 04, 05 and 06.
+    """
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 3.2))
     if counts and not isinstance(next(iter(counts.values())), Mapping):
@@ -32,7 +35,7 @@ def plot_channel_counts(counts: Mapping[str, Mapping[str, int]] | Mapping[str, i
 
 def plot_history(history: Sequence[Mapping[str, float]], keys: Sequence[str] = ("train_loss", "val_accuracy"),
                  title: str = "training") -> plt.Figure:
-    """Plot the per-epoch history returned by :func:`pruninglib.train.fit`."""
+    """Plot the per-epoch history returned by :func:`pruninglib.train.fit`. Used in lesson 04."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3))
     axes = [axes] if len(keys) == 1 else axes
     ep = [h["epoch"] for h in history]
@@ -48,7 +51,10 @@ def plot_history(history: Sequence[Mapping[str, float]], keys: Sequence[str] = (
 
 def display_images(x: torch.Tensor, mean: Sequence[float] = (0.485, 0.456, 0.406),
                    std: Sequence[float] = (0.229, 0.224, 0.225)) -> torch.Tensor:
-    """Undo the ImageNet normalisation: ``(N, 3, H, W)`` -> ``(N, H, W, 3)`` in ``[0, 1]`` for imshow."""
+    """Undo the ImageNet normalisation: ``(N, 3, H, W)`` -> ``(N, H, W, 3)`` in ``[0, 1]`` for imshow.
+
+    Used in lesson 04.
+    """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected a batch of RGB images (N, 3, H, W), got shape {tuple(x.shape)}")
     m = torch.tensor(mean).view(1, 3, 1, 1)
@@ -70,6 +76,8 @@ def plot_prediction_grid(images: torch.Tensor, labels: Sequence[int], before: Se
 
     Returns:
         The matplotlib figure.
+
+    Used in lesson 04.
     """
     import matplotlib.pyplot as plt
 

@@ -17,7 +17,10 @@ _ALIGN = {"l": "---", "r": "---:", "c": ":---:"}
 
 
 def format_cell(value: Any, digits: int = 2) -> str:
-    """One cell: floats to ``digits`` decimals, ``None`` and NaN as "–", anything else via ``str``."""
+    """One cell: floats to ``digits`` decimals, ``None`` and NaN as "–", anything else via ``str``.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
@@ -46,6 +49,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any] | Sequence[Any]], columns: S
     Raises:
         ValueError: headers and columns of different lengths, a row with the wrong number of
             cells, or an unknown alignment.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
     rows = list(rows)
     mapping_rows = bool(rows) and isinstance(rows[0], Mapping)
@@ -85,6 +90,8 @@ def show_table(rows: Sequence[Mapping[str, Any] | Sequence[Any]], columns: Seque
 
     Returns:
         ``None``, so a cell that ends with it echoes nothing.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
     md = markdown_table(rows, columns, headers, digits, **kw)
     if title:

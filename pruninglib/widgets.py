@@ -10,7 +10,7 @@ __all__ = ["is_interactive", "slider_explorer"]
 
 
 def is_interactive() -> bool:
-    """True in a live Jupyter front end; False under papermill/nbval/CI or a plain script."""
+    """True in a live Jupyter front end; False under papermill/nbval/CI or a plain script. Used in lessons 01 and 04."""
     if os.environ.get("PRUNINGLIB_STATIC") or os.environ.get("CI"):
         return False
     try:
@@ -42,6 +42,8 @@ def slider_explorer(draw: Callable[[Any], None], values: Sequence[Any], descript
         description: the slider's label.
         static_values: what to draw when not interactive (default: first, middle and last).
         interactive: force the mode (default: :func:`is_interactive`).
+
+    Used in lessons 01 and 04.
     """
     interactive = is_interactive() if interactive is None else interactive
     if interactive:

@@ -26,6 +26,8 @@ class Gate(nn.Module):
     """Multiply channel ``c`` of the input by ``weight[c]`` (ones at init).
 
     Works for conv outputs ``(N, C, H, W)`` and linear outputs ``(N, C)``.
+
+    Used in lessons 00, 02, 03 and 04.
     """
 
     def __init__(self, num_channels: int) -> None:
@@ -58,6 +60,8 @@ def insert_gates(model: nn.Module, layers: Sequence[PrunableLayer] | None = None
 
     Returns:
         ``{producer name: gate}`` in forward order.
+
+    Used in lessons 00, 02, 03 and 04.
     """
     layers = prunable_layers(model, kinds) if layers is None else layers
     gates: dict[str, Gate] = {}
@@ -73,7 +77,10 @@ def insert_gates(model: nn.Module, layers: Sequence[PrunableLayer] | None = None
 
 
 def get_gates(model: nn.Module) -> dict[str, Gate]:
-    """``{producer name: gate}`` for the gates present in ``model`` (forward order)."""
+    """``{producer name: gate}`` for the gates present in ``model`` (forward order).
+
+    Used in lessons 00, 02, 03 and 04.
+    """
     out = {}
     for pl in prunable_layers(model):
         host = pl.gate_host
@@ -84,7 +91,10 @@ def get_gates(model: nn.Module) -> dict[str, Gate]:
 
 def remove_gates(model: nn.Module, fold: bool = False) -> None:
     """Detach every gate. With ``fold=True`` a gate's values are multiplied into its host's
-    weight and bias first (so the function computed stays the same)."""
+    weight and bias first (so the function computed stays the same).
+
+    Used in lesson 02.
+    """
     for m in model.modules():
         if hasattr(m, "pl_gate"):
             if fold:
@@ -101,12 +111,15 @@ def remove_gates(model: nn.Module, fold: bool = False) -> None:
 
 
 def list_units(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear")) -> list[Unit]:
-    """Every prunable unit as ``(layer name, channel index)``, in forward order."""
+    """Every prunable unit as ``(layer name, channel index)``, in forward order.
+
+    No lesson calls it directly (its tests do).
+    """
     return [(pl.name, i) for pl in prunable_layers(model, kinds) for i in range(pl.num_units)]
 
 
 def set_units(model: nn.Module, units: Iterable[Unit], value: float = 0.0) -> None:
-    """Set the gates of ``units`` to ``value`` (gates must be inserted)."""
+    """Set the gates of ``units`` to ``value`` (gates must be inserted). Used in lessons 00, 02, 03 and 04."""
     gates = get_gates(model)
     with torch.no_grad():
         for name, idx in units:
@@ -116,13 +129,13 @@ def set_units(model: nn.Module, units: Iterable[Unit], value: float = 0.0) -> No
 
 
 def zero_units(model: nn.Module, units: Iterable[Unit]) -> None:
-    """Switch ``units`` off by zeroing their gates."""
+    """Switch ``units`` off by zeroing their gates. Used in lessons 00, 03 and 04."""
     set_units(model, units, 0.0)
 
 
 @contextmanager
 def gated_units_masked(model: nn.Module, units: Iterable[Unit]) -> Iterator[None]:
-    """Temporarily zero ``units``; the gates are restored on exit."""
+    """Temporarily zero ``units``; the gates are restored on exit. No lesson calls it directly (its tests do)."""
     gates = get_gates(model)
     saved = {n: g.weight.detach().clone() for n, g in gates.items()}
     try:
@@ -152,6 +165,8 @@ class ActivationRecorder:
         model: the model.
         layers: which layers (default: all prunable layers).
         keep_gradients: register tensor hooks for the gradients.
+
+    Used in lessons 02, 03 and 06.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer] | None = None,

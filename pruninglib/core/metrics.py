@@ -19,7 +19,7 @@ __all__ = ["count_parameters", "count_macs", "size_on_disk", "measure_latency", 
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (gates included if present)."""
+    """Number of parameters (gates included if present). Used in lessons 00, 02, 04, 05 and 06."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
@@ -37,6 +37,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224),
         example: an example input.
         nonzero_only: count only the non-zero weights (the MACs a sparse kernel that skips zeros
             would do; :func:`pruninglib.methods.unstructured.sparse_macs`).
+
+    Used in lessons 00, 02, 03, 04, 05 and 06.
     """
     total = 0
 
@@ -73,7 +75,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224),
 
 
 def size_on_disk(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())`` (what a saved checkpoint costs)."""
+    """Bytes of ``torch.save(model.state_dict())`` (what a saved checkpoint costs). Used in lessons 00 and 04."""
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getbuffer().nbytes
@@ -81,7 +83,10 @@ def size_on_disk(model: nn.Module) -> int:
 
 @dataclass
 class LatencyResult:
-    """Median, min and max seconds per forward pass, and the conditions they were taken in."""
+    """Median, min and max seconds per forward pass, and the conditions they were taken in.
+
+    Used in lessons 00, 04 and 06.
+    """
 
     median_s: float
     min_s: float
@@ -104,7 +109,10 @@ def time_runs(model: nn.Module, example: torch.Tensor, warmup: int = 3, repeats:
               timer: Callable[[], float] = time.perf_counter) -> list[float]:
     """The raw timing loop: ``warmup`` untimed runs, then the duration of each of ``repeats``
     runs of ``model(example)`` in eval mode under ``torch.no_grad``, read from ``timer``.
-    On CUDA the device is synchronised around every run. Threads are left as they are."""
+    On CUDA the device is synchronised around every run. Threads are left as they are.
+
+    Used in lessons 00, 04 and 06.
+    """
     sync = torch.cuda.synchronize if example.device.type == "cuda" else (lambda: None)
     was_training = model.training
     model.eval()
@@ -143,6 +151,8 @@ def measure_latency(model: nn.Module, example: torch.Tensor, warmup: int = 3, re
 
     Raises:
         ValueError: for an unknown clock, or ``clock="cpu"`` with a non-CPU input or more threads.
+
+    Used in lessons 00 and 04.
     """
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
@@ -232,6 +242,8 @@ def cpu_latency(model: nn.Module, example: torch.Tensor, warmup: int = 2, repeat
 
     Raises:
         ValueError: for a non-CPU input or ``threads`` other than 1/None.
+
+    Used in lesson 04.
     """
     return measure_latency(model, example, warmup=warmup, repeats=repeats, threads=threads, clock="cpu")
 
@@ -262,6 +274,8 @@ def measure_model(model: nn.Module, size: int = 224, batch: int = 32, throughput
     Returns:
         ``params``, ``macs`` (per image at ``size``), ``size_mb`` and, for each device ``d``,
         ``latency_ms_d`` (batch 1) and ``throughput_d`` (images per second).
+
+    Used in lesson 04.
     """
     if size <= 0 or batch <= 0 or repeats <= 0:
         raise ValueError(f"size, batch and repeats must be positive, got {size}, {batch}, {repeats}")
@@ -309,6 +323,8 @@ def layer_times(model: nn.Module, example: torch.Tensor, repeats: int = 5, warmu
 
     Returns:
         ``{leaf module name: seconds}`` in forward order.
+
+    Used in lesson 04.
     """
     if repeats <= 0:
         raise ValueError(f"repeats must be positive, got {repeats}")
@@ -372,6 +388,8 @@ def part_shares(model: nn.Module, size: int = 224, times: Mapping[str, float] | 
 
     Returns:
         ``{part: {"params", "macs", "time_s"?, "params_share", "macs_share", "time_share"?}}``.
+
+    Used in lesson 04.
     """
     macs: dict[str, int] = {}
     handles = []

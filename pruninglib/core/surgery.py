@@ -147,6 +147,8 @@ def prune_channels(model: nn.Module, plan: Mapping[str, Sequence[int]]) -> nn.Mo
         TypeError: ``plan`` is not a mapping, or an entry is not a collection of integer indices.
         ValueError: a name that is not a prunable layer, an index out of range, or a plan
             that removes every channel of a layer (the message names the layer).
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
     if not isinstance(plan, Mapping):
         raise TypeError(f"plan must be a mapping {{layer name: indices to remove}}, got {type(plan).__name__}")
@@ -198,7 +200,7 @@ def _restore(saved: list[tuple[nn.Module, dict[str, object]]]) -> None:
 
 
 def units_to_plan(units: Iterable[tuple[str, int]]) -> dict[str, list[int]]:
-    """Group ``(layer, index)`` units into a ``{layer: [indices]}`` plan."""
+    """Group ``(layer, index)`` units into a ``{layer: [indices]}`` plan. Used in lessons 01, 02, 03 and 04."""
     plan: dict[str, list[int]] = {}
     for name, idx in units:
         plan.setdefault(name, []).append(idx)  # checked by prune_channels: integers only
@@ -206,10 +208,13 @@ def units_to_plan(units: Iterable[tuple[str, int]]) -> dict[str, list[int]]:
 
 
 def prune_units(model: nn.Module, units: Iterable[tuple[str, int]]) -> nn.Module:
-    """Remove the given ``(layer name, index)`` units physically (see :func:`prune_channels`)."""
+    """Remove the given ``(layer name, index)`` units physically (see :func:`prune_channels`).
+
+    Used in lessons 01, 02, 03 and 04.
+    """
     return prune_channels(model, units_to_plan(units))
 
 
 def channel_counts(model: nn.Module) -> dict[str, int]:
-    """``{producer name: channels}`` for every prunable layer (the bar chart of a pruned net)."""
+    """``{producer name: channels}`` for every prunable layer (the bar chart of a pruned net). Used in lesson 00."""
     return {pl.name: pl.num_units for pl in prunable_layers(model)}

@@ -37,6 +37,8 @@ def activation_statistics(model: nn.Module, batches: Iterable, kinds: tuple[str,
 
     Raises:
         ValueError: for empty ``batches``.
+
+    Used in lesson 03.
     """
     layers = prunable_layers(model, kinds)
     named = dict(model.named_modules())
@@ -80,14 +82,20 @@ def activation_statistics(model: nn.Module, batches: Iterable, kinds: tuple[str,
 @register("activation_mean")
 def activation_mean(model: nn.Module, batches: Iterable, loss_fn: Any = None,
                     kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
-    r"""Mean activation :math:`\Theta_{MA}` (Molchanov et al. 2017, Sec. 2.2)."""
+    r"""Mean activation :math:`\Theta_{MA}` (Molchanov et al. 2017, Sec. 2.2).
+
+    No lesson calls it directly (its tests do).
+    """
     return activation_statistics(model, batches, kinds)["mean"]
 
 
 @register("activation_std")
 def activation_std(model: nn.Module, batches: Iterable, loss_fn: Any = None,
                    kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
-    r"""Standard deviation of the activation :math:`\Theta_{std}` (Molchanov et al. 2017, Sec. 2.2)."""
+    r"""Standard deviation of the activation :math:`\Theta_{std}` (Molchanov et al. 2017, Sec. 2.2).
+
+    No lesson calls it directly (its tests do).
+    """
     return activation_statistics(model, batches, kinds)["std"]
 
 
@@ -95,5 +103,8 @@ def activation_std(model: nn.Module, batches: Iterable, loss_fn: Any = None,
 def activation_apoz(model: nn.Module, batches: Iterable, loss_fn: Any = None,
                     kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
     r""":math:`1 - \mathrm{APoZ}` (Hu et al. 2016; a baseline of Molchanov et al. 2017): the fraction of
-    non-zero outputs after the nonlinearity (higher = keep)."""
+    non-zero outputs after the nonlinearity (higher = keep).
+
+    No lesson calls it directly (its tests do).
+    """
     return {k: 1.0 - v for k, v in activation_statistics(model, batches, kinds)["apoz"].items()}

@@ -16,7 +16,7 @@ CRITERIA: dict[str, Callable[..., Scores]] = {}
 
 
 def register(name: str) -> Callable[[Callable[..., Scores]], Callable[..., Scores]]:
-    """Decorator: add a unit criterion to :data:`CRITERIA` under ``name``."""
+    """Decorator: add a unit criterion to :data:`CRITERIA` under ``name``. Used in lessons 00, 01, 02, 03, 04 and 06."""
     def deco(fn: Callable[..., Scores]) -> Callable[..., Scores]:
         if name in CRITERIA and CRITERIA[name] is not fn:
             raise ValueError(f"criterion {name!r} registered twice")
@@ -26,20 +26,26 @@ def register(name: str) -> Callable[[Callable[..., Scores]], Callable[..., Score
 
 
 def get_criterion(name: str) -> Callable[..., Scores]:
-    """The criterion registered as ``name``; unknown names list the valid ones."""
+    """The criterion registered as ``name``; unknown names list the valid ones.
+
+    Used in lessons 00, 01, 03, 04, 05 and 06.
+    """
     if name not in CRITERIA:
         raise KeyError(f"unknown criterion {name!r}; registered: {sorted(CRITERIA)}")
     return CRITERIA[name]
 
 
 def list_criteria() -> list[str]:
-    """Names of all registered criteria."""
+    """Names of all registered criteria. Used in lesson 06."""
     return sorted(CRITERIA)
 
 
 def normalize_per_layer(scores: Scores, eps: float = 1e-12) -> Scores:
     r"""Layer-wise L2 normalisation, Molchanov et al. 2017, Eq. (8):
-    :math:`\hat\Theta(z_l^{(k)}) = \Theta(z_l^{(k)}) / \sqrt{\sum_j \Theta(z_l^{(j)})^2}`."""
+    :math:`\hat\Theta(z_l^{(k)}) = \Theta(z_l^{(k)}) / \sqrt{\sum_j \Theta(z_l^{(j)})^2}`.
+
+    Used in lessons 02, 03, 04 and 06.
+    """
     return {k: v / (v.pow(2).sum().sqrt() + eps) for k, v in scores.items()}
 
 
@@ -58,6 +64,8 @@ def lowest_units(scores: Scores, n: int, min_keep: int = 1,
     Raises:
         TypeError: ``n`` is not an integer (2.5, NaN, a bool).
         ValueError: ``n`` is negative, or more units are asked for than can go.
+
+    Used in lessons 02, 03 and 04.
     """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n, the number of units to remove, must be an integer, got {n!r} "
@@ -88,6 +96,8 @@ def check_ratio(ratio: float, name: str = "ratio") -> float:
 
     Raises:
         ValueError: naming the fix, e.g. for 1.2 ("a ratio is a fraction: use 0.2 to remove 20%").
+
+    Used in lessons 00 and 05.
     """
     try:
         r = float(ratio)
@@ -103,7 +113,10 @@ def check_ratio(ratio: float, name: str = "ratio") -> float:
 def lowest_per_layer(scores: Scores, ratio: float, min_keep: int = 1) -> dict[str, list[int]]:
     """A uniform plan: in every layer, the ``floor(ratio * n)`` least important units
     (capped so that ``min_keep`` units stay), as ``{layer: [indices]}`` for
-    :func:`pruninglib.core.surgery.prune_channels`."""
+    :func:`pruninglib.core.surgery.prune_channels`.
+
+    Used in lesson 00.
+    """
     r = check_ratio(ratio)
     plan = {}
     for name, v in scores.items():

@@ -30,14 +30,14 @@ def _norm(model: nn.Module, p: int, kinds: tuple[str, ...]) -> Scores:
 @register("weight_l1")
 def weight_l1(model: nn.Module, batches: Iterable | None = None, loss_fn: Any = None,
               kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
-    """L1 norm of each unit's incoming weights (Li et al. 2017, Sec. 3.1)."""
+    """L1 norm of each unit's incoming weights (Li et al. 2017, Sec. 3.1). Used in lessons 00, 04 and 06."""
     return _norm(model, 1, kinds)
 
 
 @register("weight_l2")
 def weight_l2(model: nn.Module, batches: Iterable | None = None, loss_fn: Any = None,
               kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
-    """L2 norm of each unit's incoming weights (Molchanov et al. 2017, "weight")."""
+    """L2 norm of each unit's incoming weights (Molchanov et al. 2017, "weight"). Used in lessons 01, 02 and 03."""
     return _norm(model, 2, kinds)
 
 
@@ -48,6 +48,8 @@ def bn_scale(model: nn.Module, batches: Iterable | None = None, loss_fn: Any = N
 
     Raises:
         ValueError: for a layer without BatchNorm.
+
+    Used in lesson 03.
     """
     out = {}
     for pl in prunable_layers(model, ("conv",)):

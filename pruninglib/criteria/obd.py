@@ -51,6 +51,8 @@ def obd_saliency(theta: torch.Tensor, curv: torch.Tensor) -> torch.Tensor:
     Args:
         theta: flat weights ``[P]``.
         curv: the Hessian ``[P, P]`` (or any stand-in) or just its diagonal ``[P]``.
+
+    Used in lesson 01.
     """
     d = _diag(curv)
     if d.shape != theta.shape:
@@ -60,12 +62,18 @@ def obd_saliency(theta: torch.Tensor, curv: torch.Tensor) -> torch.Tensor:
 
 def magnitude_saliency(theta: torch.Tensor) -> torch.Tensor:
     r"""The magnitude baseline :math:`|\theta_q|` (LeCun et al. 1990 and Hassibi & Stork 1993
-    compare against it)."""
+    compare against it).
+
+    Used in lesson 01.
+    """
     return theta.abs()
 
 
 def obd_weight_scores(theta: torch.Tensor, curv: torch.Tensor, spec: ParamSpec) -> dict[str, torch.Tensor]:
-    """OBD saliencies as ``{parameter name: tensor shaped like the parameter}``."""
+    """OBD saliencies as ``{parameter name: tensor shaped like the parameter}``.
+
+    No lesson calls it directly (its tests do).
+    """
     return {k: v.clone() for k, v in spec.unflatten(obd_saliency(theta, curv)).items()}
 
 
@@ -82,6 +90,8 @@ def zero_lowest_weights(theta: torch.Tensor, scores: torch.Tensor, prunable: tor
 
     Returns:
         ``(pruned theta, kept mask)`` (the mask is True on kept entries, including non-prunable ones).
+
+    Used in lesson 01.
     """
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
@@ -108,6 +118,8 @@ def unit_groups(model: nn.Module, spec: ParamSpec,
 
     Raises:
         ValueError: when a consumer's weight is not in ``spec``.
+
+    Used in lesson 01.
     """
     out: dict[str, list[torch.Tensor]] = {}
     for pl in prunable_layers(model, kinds):
@@ -129,7 +141,10 @@ def unit_groups(model: nn.Module, spec: ParamSpec,
 def group_obd_saliency(theta: torch.Tensor, curv: torch.Tensor, groups: list[torch.Tensor],
                        block: bool = False) -> torch.Tensor:
     r"""Structured OBD: :math:`s_Q = \frac12\sum_{q\in Q} h_{qq}\theta_q^2` per group
-    (``block=True``: :math:`\frac12\theta_Q^\top H_{QQ}\theta_Q`, needs the full matrix)."""
+    (``block=True``: :math:`\frac12\theta_Q^\top H_{QQ}\theta_Q`, needs the full matrix).
+
+    Used in lesson 01.
+    """
     if block:
         if curv.dim() != 2:
             raise ValueError("block=True needs the full curvature matrix, not its diagonal")
@@ -149,6 +164,8 @@ def curvature(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_e
             :func:`~pruninglib.curvature.fisher.empirical_fisher`) or ``"kfac"``
             (:func:`~pruninglib.curvature.kfac.kfac_matrix`, Linear layers only).
         damping: :math:`\lambda` added to the diagonal.
+
+    Used in lesson 01.
     """
     if kind == "exact":
         return exact_hessian(model, batches, loss_fn, dtype=dtype, damping=damping, **kw)
@@ -182,6 +199,8 @@ def obd_unit(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
 
     Returns:
         :data:`~pruninglib.criteria.base.Scores` (higher = more important).
+
+    Used in lesson 01.
     """
     theta, spec = flatten_params(model)
     H = hessian if hessian is not None else curvature(model, batches, loss_fn, curvature_kind, damping)

@@ -56,6 +56,8 @@ def inverse_hessian(H: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
     Raises:
         ValueError: when :math:`H + \lambda I` is not positive definite (OBS needs a minimum);
             the message gives the smallest eigenvalue and the damping that would fix it.
+
+    Used in lesson 01.
     """
     if H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"H must be a square matrix, got shape {tuple(H.shape)}")
@@ -80,6 +82,8 @@ def obs_saliency(theta: torch.Tensor, H_inv: torch.Tensor) -> torch.Tensor:
     Args:
         theta: flat weights ``[P]``.
         H_inv: the inverse Hessian ``[P, P]`` (or its diagonal ``[P]``).
+
+    Used in lesson 01.
     """
     d = torch.diagonal(H_inv) if H_inv.dim() == 2 else H_inv
     if d.shape != theta.shape:
@@ -89,13 +93,19 @@ def obs_saliency(theta: torch.Tensor, H_inv: torch.Tensor) -> torch.Tensor:
 
 def obs_update(theta: torch.Tensor, H_inv: torch.Tensor, q: int) -> torch.Tensor:
     r"""The correction :math:`\delta\theta = -\theta_q/[H^{-1}]_{qq}\,H^{-1}e_q` (Eq. 5); after it
-    :math:`(\theta+\delta\theta)_q = 0` exactly (set it to 0 to remove rounding)."""
+    :math:`(\theta+\delta\theta)_q = 0` exactly (set it to 0 to remove rounding).
+
+    Used in lesson 01.
+    """
     return -(theta[q] / H_inv[q, q]) * H_inv[:, q]
 
 
 def sherman_morrison_remove(H_inv: torch.Tensor, q: int, inplace: bool = False) -> torch.Tensor:
     r""":math:`H^{-1} - H^{-1}e_q e_q^\top H^{-1}/[H^{-1}]_{qq}`: the inverse Hessian of the weights
-    left after deleting ``q`` (row and column ``q`` become zero). ``H_inv`` must be symmetric."""
+    left after deleting ``q`` (row and column ``q`` become zero). ``H_inv`` must be symmetric.
+
+    No lesson calls it directly (its tests do).
+    """
     out = H_inv if inplace else H_inv.clone()
     col = out[:, q].clone()
     out.addr_(col, col, alpha=-1.0 / float(col[q]))
@@ -114,6 +124,8 @@ class OBSPath:
         saliency: the saliency :math:`L_q` of each deletion when it was made; their running sum
             is the loss increase the quadratic model predicts (exact for a quadratic loss).
         counts: ``{sparsity: number of deletions made}``.
+
+    Used in lesson 01.
     """
 
     thetas: dict[float, torch.Tensor] = field(default_factory=dict)
@@ -147,6 +159,8 @@ def obs_prune(theta: torch.Tensor, H_inv: torch.Tensor, prunable: torch.Tensor,
 
     Returns:
         :class:`OBSPath`.
+
+    Used in lesson 01.
     """
     if prunable.dtype != torch.bool or prunable.shape != theta.shape:
         raise ValueError("prunable must be a boolean tensor shaped like theta")
@@ -194,7 +208,10 @@ def obs_prune(theta: torch.Tensor, H_inv: torch.Tensor, prunable: torch.Tensor,
 
 
 def group_obs_saliency(theta: torch.Tensor, H_inv: torch.Tensor, groups: Sequence[torch.Tensor]) -> torch.Tensor:
-    r"""Structured OBS: :math:`L_Q = \frac12\theta_Q^\top([H^{-1}]_{QQ})^{-1}\theta_Q` for each group."""
+    r"""Structured OBS: :math:`L_Q = \frac12\theta_Q^\top([H^{-1}]_{QQ})^{-1}\theta_Q` for each group.
+
+    Used in lesson 01.
+    """
     out = []
     for Q in groups:
         Q = Q.to(theta.device)
@@ -204,13 +221,19 @@ def group_obs_saliency(theta: torch.Tensor, H_inv: torch.Tensor, groups: Sequenc
 
 
 def group_obs_update(theta: torch.Tensor, H_inv: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    r""":math:`\delta\theta = -H^{-1}E_Q([H^{-1}]_{QQ})^{-1}\theta_Q`; afterwards :math:`\theta_Q = 0`."""
+    r""":math:`\delta\theta = -H^{-1}E_Q([H^{-1}]_{QQ})^{-1}\theta_Q`; afterwards :math:`\theta_Q = 0`.
+
+    Used in lesson 01.
+    """
     return -H_inv[:, Q] @ torch.linalg.solve(H_inv[Q][:, Q], theta[Q])
 
 
 def woodbury_remove(H_inv: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     r""":math:`H^{-1} - H^{-1}E_Q([H^{-1}]_{QQ})^{-1}E_Q^\top H^{-1}`: the inverse over the weights
-    left after deleting the group ``Q`` (its rows and columns become zero)."""
+    left after deleting the group ``Q`` (its rows and columns become zero).
+
+    Used in lesson 01.
+    """
     C = H_inv[:, Q]
     out = H_inv - C @ torch.linalg.solve(H_inv[Q][:, Q], C.T)
     out[Q, :] = 0
@@ -226,6 +249,8 @@ class GroupPath:
         order: index (into ``groups``) of each removed group, in order.
         thetas: flat weights after each removal (``thetas[k]`` after ``k+1`` removals).
         saliency: :math:`L_Q` of each removal when it was made.
+
+    Used in lesson 01.
     """
 
     order: list[int] = field(default_factory=list)
@@ -240,6 +265,8 @@ def obs_prune_groups(theta: torch.Tensor, H_inv: torch.Tensor, groups: Sequence[
 
     Raises:
         ValueError: ``n_remove`` larger than the number of groups.
+
+    Used in lesson 01.
     """
     if not 0 <= n_remove <= len(groups):
         raise ValueError(f"n_remove must be in [0, {len(groups)}], got {n_remove}")
@@ -280,6 +307,8 @@ def obs_unit(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
 
     Returns:
         :data:`~pruninglib.criteria.base.Scores` (higher = more important).
+
+    Used in lesson 01.
     """
     theta, spec = flatten_params(model)
     if h_inv is None:

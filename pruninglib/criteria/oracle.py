@@ -78,6 +78,8 @@ def oracle_method(model: nn.Module, pl: PrunableLayer, value: float = 0.0) -> st
     ``"consumer"`` needs a chain model, a zeroing removal (``value == 0``) and only channel-wise
     modules between the gate and the consumer; ``"host"`` needs a chain model; ``"input"``
     works for every model.
+
+    Used in lessons 02 and 03.
     """
     if hasattr(model, "prunable_groups"):
         return "input"
@@ -105,7 +107,7 @@ def _mean_losses(out: torch.Tensor, y: torch.Tensor, k: int, loss_fn: Callable) 
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, batches: Sequence, loss_fn: Callable = F.cross_entropy) -> float:
-    """Mean loss over all examples of ``batches`` (each batch's mean weighted by its size)."""
+    """Mean loss over all examples of ``batches`` (each batch's mean weighted by its size). Used in lesson 03."""
     total, count = 0.0, 0
     for x, y in batches:
         total += float(loss_fn(model(x), y)) * len(y)
@@ -188,6 +190,8 @@ def oracle_loss_change(model: nn.Module, batches: Iterable, loss_fn: Callable = 
 
     Raises:
         ValueError: for an unknown method or a scheme that does not apply to the model.
+
+    Used in lessons 02 and 03.
     """
     if method not in _METHODS:
         raise ValueError(f"unknown oracle method {method!r}; choose one of {_METHODS}")
@@ -322,7 +326,10 @@ def naive_oracle_loss_change(model: nn.Module, batches: Iterable, loss_fn: Calla
                              progress: bool = False, return_base: bool = False
                              ) -> Scores | tuple[Scores, float]:
     r"""The same :math:`\Delta C` as :func:`oracle_loss_change`, one full re-evaluation of the data
-    per unit in a Python loop (the reference the batched oracle is checked and timed against)."""
+    per unit in a Python loop (the reference the batched oracle is checked and timed against).
+
+    Used in lesson 03.
+    """
     data = _as_list(batches)
     layers = prunable_layers(model, kinds)
     named = dict(model.named_modules())
@@ -362,6 +369,9 @@ def oracle(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_entr
            kinds: tuple[str, ...] = ("conv", "linear"), signed: bool = False, max_rows: int = 8192,
            method: str = "auto", **_: Any) -> Scores:
     r"""The oracle criterion: :math:`|\Delta C|` per unit (Molchanov et al. 2017, "oracle-abs"),
-    or the signed :math:`\Delta C` with ``signed=True``; computed by :func:`oracle_loss_change`."""
+    or the signed :math:`\Delta C` with ``signed=True``; computed by :func:`oracle_loss_change`.
+
+    Used in lesson 03.
+    """
     d = oracle_loss_change(model, batches, loss_fn, kinds=kinds, max_rows=max_rows, method=method)
     return d if signed else {k: v.abs() for k, v in d.items()}

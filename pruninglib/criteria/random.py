@@ -15,6 +15,6 @@ __all__ = ["random_scores"]
 @register("random")
 def random_scores(model: nn.Module, batches: Iterable | None = None, loss_fn: Any = None,
                   seed: int = 0, kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
-    """Uniform random scores from a generator seeded with ``seed`` (reproducible)."""
+    """Uniform random scores from a generator seeded with ``seed`` (reproducible). Used in lessons 00, 03 and 06."""
     g = torch.Generator().manual_seed(seed)
     return {pl.name: torch.rand(pl.num_units, generator=g) for pl in prunable_layers(model, kinds)}

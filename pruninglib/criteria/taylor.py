@@ -82,6 +82,8 @@ def taylor_2017(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross
         loss_fn: the cost :math:`C`.
         kinds: which producer kinds to score.
         normalize: apply the per-layer L2 normalisation of Eq. (8).
+
+    Used in lessons 02, 03 and 06.
     """
     layers = prunable_layers(model, kinds)
     device = device or next(model.parameters()).device
@@ -126,6 +128,8 @@ def unit_flops(model: nn.Module, example: torch.Tensor, kinds: tuple[str, ...] =
     Args:
         model: the network.
         example: one input batch (its first example is used).
+
+    Used in lessons 02 and 03.
     """
     layers = prunable_layers(model, kinds)
     named = dict(model.named_modules())
@@ -173,6 +177,8 @@ def taylor_2017_flops(model: nn.Module, batches: Iterable, loss_fn: Callable = F
     one unit of layer :math:`l` costs (:func:`unit_flops`), counted in units of ``flops_unit``
     (default MFLOPs). The paper uses :math:`\lambda = 10^{-3}`; how strongly that penalises
     depends on the unit FLOPs are counted in, so treat ``lam`` as a knob.
+
+    Used in lessons 02 and 03.
     """
     data = [(x, y) for x, y in batches]
     if not data:
@@ -187,7 +193,7 @@ def taylor_2017_flops(model: nn.Module, batches: Iterable, loss_fn: Callable = F
 
 @contextmanager
 def temporary_gates(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear")) -> Iterator[dict[str, Gate]]:
-    """Insert gates (value 1) on the layers that have none; remove only those on exit."""
+    """Insert gates (value 1) on the layers that have none; remove only those on exit. Used in lessons 02 and 03."""
     from pruninglib.core.gates import insert_gates
 
     layers = prunable_layers(model, kinds)
@@ -241,6 +247,8 @@ class GateTaylorStats:
         fisher: empirical Fisher diagonal, mean over examples of :math:`(z\,\partial\ell_n/\partial z)^2`.
         num_examples: examples seen.
         num_batches: minibatches seen.
+
+    Used in lessons 02 and 03.
     """
 
     grad: Scores
@@ -324,6 +332,8 @@ def gate_taylor_statistics(model: nn.Module, batches: Iterable, loss_fn: Callabl
 
     Raises:
         ValueError: for empty ``batches``, a bad ``hessian`` or ``momentum``.
+
+    Used in lessons 02 and 03.
     """
     if hessian not in ("gauss_newton", "exact"):
         raise ValueError(f"hessian must be 'gauss_newton' or 'exact', got {hessian!r}")
@@ -388,6 +398,8 @@ def gate_hessian_diag_exact(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         x, y: one batch.
         loss_fn: the mean cost.
         layer: the producer's name (default: the first prunable layer).
+
+    Used in lessons 02 and 03.
     """
     layers = prunable_layers(model)
     if layer is None:
@@ -426,7 +438,10 @@ def taylor_fo_gate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cr
                    normalize: bool = False, **_: Any) -> Scores:
     r"""Taylor FO on the gate, Molchanov et al. 2019, Eq. (3) with a gate per unit:
     :math:`\mathcal{I}^{(1)}_m = (z_m\,\partial L_b/\partial z_m)^2` per minibatch :math:`b`, averaged over
-    minibatches (or with ``momentum``). ``normalize`` applies the 2017 per-layer L2 norm."""
+    minibatches (or with ``momentum``). ``normalize`` applies the 2017 per-layer L2 norm.
+
+    Used in lessons 02 and 03.
+    """
     st = gate_taylor_statistics(model, batches, loss_fn, kinds, second_order=False, momentum=momentum)
     return _maybe_normalize(st.fo, normalize)
 
@@ -436,7 +451,10 @@ def taylor_so_gate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cr
                    kinds: tuple[str, ...] = ("conv", "linear"), momentum: float | None = None,
                    hessian: str = "gauss_newton", normalize: bool = False, **_: Any) -> Scores:
     r"""Taylor SO on the gate, Molchanov et al. 2019, Eq. (4) with the Hessian's diagonal:
-    :math:`\mathcal{I}^{(2)}_m = (z_m g_m - \frac12 z_m^2 H_{mm})^2` per minibatch, averaged."""
+    :math:`\mathcal{I}^{(2)}_m = (z_m g_m - \frac12 z_m^2 H_{mm})^2` per minibatch, averaged.
+
+    Used in lesson 03.
+    """
     st = gate_taylor_statistics(model, batches, loss_fn, kinds, second_order=True, hessian=hessian,
                                 momentum=momentum)
     return _maybe_normalize(st.so, normalize)  # type: ignore[arg-type]
@@ -510,7 +528,10 @@ def taylor_fo_weight(model: nn.Module, batches: Iterable, loss_fn: Callable = F.
                      normalize: bool = False, device: torch.device | None = None, **_: Any) -> Scores:
     r"""Taylor FO on the weights, the sum of individual contributions (Molchanov et al. 2019,
     Sec. 3.1; "Taylor_weight" in the authors' code): :math:`\sum_{s \in S_m} (w_s g_s)^2` over the
-    unit's filter (weights and bias), per minibatch, averaged over minibatches."""
+    unit's filter (weights and bias), per minibatch, averaged over minibatches.
+
+    Used in lessons 02 and 03.
+    """
     scores = _filter_scores(
         model, batches, loss_fn, kinds, device, momentum=momentum,
         unit_score=lambda pl, gs, n: weight_fo_unit_scores(pl, gs))
@@ -526,6 +547,8 @@ def filter_group_contribution(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     The group is the BatchNorm's :math:`(\gamma_m, \beta_m)` when the layer has one (the gate sits
     after it), otherwise the unit's filter weights and bias. It equals the gate gradient
     :math:`z_m\,\partial L/\partial z_m` exactly (the output is linear in the group's scale).
+
+    Used in lesson 02.
     """
     layers = prunable_layers(model, kinds)
 
@@ -552,6 +575,8 @@ def obd_squared_gradients(model: nn.Module, batches: Iterable, loss_fn: Callable
     :math:`h_{ss} \approx B\,\overline{g_{s,b}^2}` (mean over minibatches :math:`b` of size :math:`B`),
     the empirical-Fisher estimate Molchanov et al. 2019 (Sec. 3) relate to the Taylor FO
     weight criterion. It equals :func:`taylor_fo_weight` times :math:`B/2`: the same ranking.
+
+    Used in lesson 02.
     """
     return _filter_scores(
         model, batches, loss_fn, kinds, device,

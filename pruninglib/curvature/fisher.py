@@ -36,6 +36,8 @@ def per_sample_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     Args:
         loss_fn: a mean-reduced loss; it is applied to one sample at a time.
+
+    Used in lesson 01.
     """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     f = flat_loss_fn(model, spec, loss_fn, dtype)
@@ -56,6 +58,8 @@ def empirical_fisher(model: nn.Module, batches: Batches | tuple[torch.Tensor, to
         damping: :math:`\lambda`.
         sample_chunk: samples per ``vmap`` call.
         (others as in :func:`pruninglib.curvature.hessian.exact_hessian`.)
+
+    Used in lesson 01.
     """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     check_size(spec.numel, max_params)
@@ -73,7 +77,10 @@ def empirical_fisher_diag(model: nn.Module, batches: Batches | tuple[torch.Tenso
                           loss_fn: Callable = F.cross_entropy, theta: torch.Tensor | None = None,
                           params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64,
                           sample_chunk: int = 1024) -> torch.Tensor:
-    r"""Only the diagonal :math:`\frac1N\sum_n g_n^2` (``[P]``): what OBD needs, for any model size."""
+    r"""Only the diagonal :math:`\frac1N\sum_n g_n^2` (``[P]``): what OBD needs, for any model size.
+
+    No lesson calls it directly (its tests do).
+    """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     d, n = torch.zeros(spec.numel, dtype=dtype, device=device), 0
     for x, y in as_batches(batches):

@@ -48,7 +48,10 @@ __all__ = ["loss_at", "losses_at", "gradient", "exact_hessian", "gauss_newton", 
 def loss_at(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Tensor],
             loss_fn: Callable = F.cross_entropy, theta: torch.Tensor | None = None,
             params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64) -> float:
-    """Mean loss over all samples of ``batches`` at ``theta`` (default: the model's weights)."""
+    """Mean loss over all samples of ``batches`` at ``theta`` (default: the model's weights).
+
+    No lesson calls it directly (its tests do).
+    """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     f = flat_loss_fn(model, spec, loss_fn, dtype)
     total, n = 0.0, 0
@@ -65,6 +68,8 @@ def losses_at(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Ten
     """Mean loss at each row of ``thetas`` (``[K, P]``), vectorised with ``torch.func.vmap``.
 
     Used to measure the *actual* loss change of deleting each weight in turn.
+
+    Used in lesson 01.
     """
     _, spec, device = setup_flat(model, params, None, dtype)
     if thetas.dim() != 2 or thetas.shape[1] != spec.numel:
@@ -86,7 +91,7 @@ def losses_at(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Ten
 def gradient(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Tensor],
              loss_fn: Callable = F.cross_entropy, theta: torch.Tensor | None = None,
              params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    r"""The flat gradient :math:`g = \nabla_\theta L` of the mean loss (``torch.func.grad``)."""
+    r"""The flat gradient :math:`g = \nabla_\theta L` of the mean loss (``torch.func.grad``). Used in lesson 01."""
     flat, spec, device = setup_flat(model, params, theta, dtype)
     f = flat_loss_fn(model, spec, loss_fn, dtype)
     g, n = torch.zeros_like(flat), 0
@@ -128,6 +133,8 @@ def exact_hessian(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch
 
     Raises:
         ValueError: for too many parameters or a negative damping.
+
+    Used in lesson 01.
     """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     check_size(spec.numel, max_params)
@@ -167,6 +174,8 @@ def gauss_newton(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.
     Args:
         sample_chunk: samples per vectorised Jacobian (memory ``chunk x outputs x P``).
         (others as in :func:`exact_hessian`.)
+
+    Used in lesson 01.
     """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     check_size(spec.numel, max_params)
@@ -205,7 +214,7 @@ def _symmetrize_(M: torch.Tensor, block: int = 1024) -> torch.Tensor:
 
 
 def relative_frobenius_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    r""":math:`\lVert \tilde H - H\rVert_F / \lVert H \rVert_F`."""
+    r""":math:`\lVert \tilde H - H\rVert_F / \lVert H \rVert_F`. Used in lesson 01."""
     if approx.shape != exact.shape:
         raise ValueError(f"shapes differ: {tuple(approx.shape)} vs {tuple(exact.shape)}")
     return float(torch.linalg.matrix_norm(approx - exact) / torch.linalg.matrix_norm(exact))
@@ -233,6 +242,8 @@ def minimize_full_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     Returns:
         ``{"loss": data loss, "objective": loss + decay, "grad_norm": ||g||_2, "iterations"}``.
+
+    Used in lesson 01.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     dtype = params[0].dtype

@@ -46,6 +46,8 @@ class KFACFactors:
         G: :math:`E[\delta\delta^\top]`, ``[out, out]``.
         weight: qualified name of the layer's weight.
         bias: qualified name of its bias, or None.
+
+    Used in lesson 01.
     """
 
     A: torch.Tensor
@@ -71,6 +73,8 @@ def kfac_factors(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.
         ValueError: unknown ``fisher``, a ``"true"`` Fisher with a loss other than cross-entropy.
         TypeError: a named layer that is not ``nn.Linear`` (K-FAC for convolutions, Grosse &
             Martens 2016, is not implemented here).
+
+    Used in lesson 01.
     """
     if fisher not in ("true", "empirical"):
         raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
@@ -136,7 +140,7 @@ def kfac_factors(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.
 
 
 def kfac_block(f: KFACFactors) -> torch.Tensor:
-    r"""The layer's K-FAC block :math:`G \otimes A` in the flat order ``[W (row-major), b]``."""
+    r"""The layer's K-FAC block :math:`G \otimes A` in the flat order ``[W (row-major), b]``. Used in lesson 01."""
     out, inp = f.G.shape[0], f.A.shape[0]
     K = torch.kron(f.G, f.A)  # index o * inp + i over W_aug = [W | b]
     if f.bias is None:
@@ -154,6 +158,8 @@ def kfac_matrix(factors: dict[str, KFACFactors], spec: ParamSpec, damping: float
     Raises:
         ValueError: when a parameter of ``spec`` belongs to no layer of ``factors`` (its curvature
             would silently be zero), or a layer's weight and bias are not adjacent in ``spec``.
+
+    Used in lesson 01.
     """
     covered: dict[str, KFACFactors] = {}
     for f in factors.values():
@@ -183,7 +189,10 @@ def kfac_matrix(factors: dict[str, KFACFactors], spec: ParamSpec, damping: float
 
 
 def kfac_diag(factors: dict[str, KFACFactors], spec: ParamSpec) -> torch.Tensor:
-    r"""Only the diagonal, :math:`\mathrm{diag}(G)\otimes\mathrm{diag}(A)` per layer (``[P]``), for OBD."""
+    r"""Only the diagonal, :math:`\mathrm{diag}(G)\otimes\mathrm{diag}(A)` per layer (``[P]``), for OBD.
+
+    No lesson calls it directly (its tests do).
+    """
     parts = {}
     for f in factors.values():
         d = torch.outer(torch.diagonal(f.G), torch.diagonal(f.A))

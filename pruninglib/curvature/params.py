@@ -32,6 +32,8 @@ class ParamSpec:
     Attributes:
         names: parameter names in flattening order (``model.named_parameters()`` order).
         shapes: their shapes.
+
+    Used in lesson 01.
     """
 
     names: tuple[str, ...]
@@ -104,6 +106,8 @@ def param_spec(model: nn.Module, names: Sequence[str] | None = None) -> ParamSpe
 
     Raises:
         ValueError: for a name that is not a parameter of the model.
+
+    Used in lesson 01.
     """
     params = dict(model.named_parameters())
     if names is None:
@@ -116,7 +120,7 @@ def param_spec(model: nn.Module, names: Sequence[str] | None = None) -> ParamSpe
 
 def flatten_params(model: nn.Module, names: Sequence[str] | None = None,
                    dtype: torch.dtype | None = torch.float64) -> tuple[torch.Tensor, ParamSpec]:
-    """The model's parameters as one detached flat vector (a copy) and its :class:`ParamSpec`."""
+    """The model's parameters as one detached flat vector (a copy) and its :class:`ParamSpec`. Used in lesson 01."""
     spec = param_spec(model, names)
     params = dict(model.named_parameters())
     flat = torch.cat([params[n].detach().reshape(-1) for n in spec.names]).clone()
@@ -125,7 +129,7 @@ def flatten_params(model: nn.Module, names: Sequence[str] | None = None,
 
 @torch.no_grad()
 def load_flat(model: nn.Module, flat: torch.Tensor, spec: ParamSpec) -> nn.Module:
-    """Copy the flat vector back into the model's parameters (in place, keeping their dtype)."""
+    """Copy the flat vector back into the model's parameters (in place, keeping their dtype). Used in lesson 01."""
     params = dict(model.named_parameters())
     for n, t in spec.unflatten(flat).items():
         params[n].copy_(t.to(params[n].dtype))
@@ -137,6 +141,8 @@ def as_batches(batches: Batches | tuple[torch.Tensor, torch.Tensor]) -> list[tup
 
     Raises:
         TypeError: for anything else.
+
+    Used in lesson 01.
     """
     if isinstance(batches, (tuple, list)) and len(batches) == 2 and all(torch.is_tensor(t) for t in batches):
         return [(batches[0], batches[1])]
@@ -151,7 +157,7 @@ def as_batches(batches: Batches | tuple[torch.Tensor, torch.Tensor]) -> list[tup
 
 
 def fixed_tensors(model: nn.Module, spec: ParamSpec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Parameters outside the spec and floating buffers, cast to ``dtype``."""
+    """Parameters outside the spec and floating buffers, cast to ``dtype``. Used in lesson 01."""
     out = {n: p.detach().to(dtype) for n, p in model.named_parameters() if n not in spec.names}
     for n, b in model.named_buffers():
         out[n] = b.to(dtype) if b.is_floating_point() else b
@@ -159,7 +165,7 @@ def fixed_tensors(model: nn.Module, spec: ParamSpec, dtype: torch.dtype) -> dict
 
 
 def cast_input(x: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``x`` on ``device``; floating inputs also cast to ``dtype`` (integer labels keep theirs)."""
+    """``x`` on ``device``; floating inputs also cast to ``dtype`` (integer labels keep theirs). Used in lesson 01."""
     x = x.to(device)
     return x.to(dtype) if x.is_floating_point() else x
 
@@ -170,6 +176,8 @@ def flat_loss_fn(model: nn.Module, spec: ParamSpec, loss_fn: Callable = F.cross_
     flat parameter vector (``torch.func.functional_call``), ready for ``grad``/``hessian``/``vmap``.
 
     The model is run in its current train/eval mode; inputs are cast to ``dtype``.
+
+    Used in lesson 01.
     """
     fixed = fixed_tensors(model, spec, dtype)
 
@@ -180,7 +188,10 @@ def flat_loss_fn(model: nn.Module, spec: ParamSpec, loss_fn: Callable = F.cross_
 
 
 def output_fn(model: nn.Module, spec: ParamSpec, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``f(theta, x) -> model(x; theta)``: the model\'s output as a pure function of the flat vector."""
+    """``f(theta, x) -> model(x; theta)``: the model\'s output as a pure function of the flat vector.
+
+    Used in lesson 01.
+    """
     fixed = fixed_tensors(model, spec, dtype)
 
     def f(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +201,10 @@ def output_fn(model: nn.Module, spec: ParamSpec, dtype: torch.dtype) -> Callable
 
 
 class EvalMode:
-    """Context manager: the model in eval mode inside, its previous train/eval mode restored after."""
+    """Context manager: the model in eval mode inside, its previous train/eval mode restored after.
+
+    Used in lesson 01.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model, self.was = model, model.training
@@ -204,7 +218,10 @@ class EvalMode:
 
 def setup_flat(model: nn.Module, params: Sequence[str] | None, theta: torch.Tensor | None,
            dtype: torch.dtype) -> tuple[torch.Tensor, ParamSpec, torch.device]:
-    """The flat parameter vector (``theta`` when given, checked), its :class:`ParamSpec` and the model\'s device."""
+    """The flat parameter vector (``theta`` when given, checked), its :class:`ParamSpec` and the model\'s device.
+
+    Used in lesson 01.
+    """
     flat, spec = flatten_params(model, params, dtype)
     device = next(model.parameters()).device
     if theta is not None:
@@ -215,7 +232,7 @@ def setup_flat(model: nn.Module, params: Sequence[str] | None, theta: torch.Tens
 
 
 def add_damping(M: torch.Tensor, damping: float) -> torch.Tensor:
-    r""":math:`M + \lambda I` (a new tensor; ``M`` is returned unchanged when ``damping == 0``)."""
+    r""":math:`M + \lambda I` (a new tensor; ``M`` is returned unchanged when ``damping == 0``). Used in lesson 01."""
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
     if damping == 0:
@@ -224,7 +241,10 @@ def add_damping(M: torch.Tensor, damping: float) -> torch.Tensor:
 
 
 def check_size(p: int, max_params: int) -> None:
-    """Refuse a dense ``p x p`` curvature matrix for ``p > max_params``, saying how much memory it would take."""
+    """Refuse a dense ``p x p`` curvature matrix for ``p > max_params``, saying how much memory it would take.
+
+    Used in lesson 01.
+    """
     if p > max_params:
         raise ValueError(f"the model has {p} parameters; a dense {p}x{p} curvature matrix needs "
                          f"{p * p * 8 / 2**30:.1f} GiB in float64. Use a smaller model, restrict "
@@ -239,6 +259,8 @@ def quiet_jit_deprecation() -> Iterator[None]:
     jvp decompositions, which then warns about PyTorch's internals, not about anything a learner
     wrote. Wrapped around those calls only (the exact Hessian of lessons 01-02 and the XOR test of
     lesson 01); every other warning still shows.
+
+    Used in lesson 01.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)

@@ -35,6 +35,8 @@ def rank_correlation(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray,
 
     Raises:
         ValueError: for an unknown method or vectors of different lengths.
+
+    Used in lessons 02 and 03.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -54,6 +56,8 @@ def oracle_correlations(scores: Scores, oracle: Scores, method: str = "spearman"
 
     Raises:
         ValueError: when the two do not cover the same layers.
+
+    Used in lesson 03.
     """
     if set(scores) != set(oracle):
         raise ValueError(f"criterion and oracle cover different layers: {sorted(scores)} vs {sorted(oracle)}")
@@ -69,7 +73,10 @@ def oracle_correlations(scores: Scores, oracle: Scores, method: str = "spearman"
 def correlation_table(criteria: Mapping[str, Scores], oracle: Scores,
                       methods: Sequence[str] = _METHODS) -> list[dict[str, Any]]:
     """One row per criterion: ``{"criterion", "<method>_per_layer", "<method>_all_layers",
-    "<method>_all_layers_l2", ...}``."""
+    "<method>_all_layers_l2", ...}``.
+
+    Used in lesson 03.
+    """
     rows = []
     for name, sc in criteria.items():
         row: dict[str, Any] = {"criterion": name}

@@ -52,6 +52,8 @@ def reference_model(model: str = "lenet3", model_kwargs: dict[str, Any] | None =
 
     Returns:
         ``(model in eval mode on device, training history)``.
+
+    Used in lessons 02 and 03.
     """
     device = device or get_device()
     model_kwargs = dict(model_kwargs or {})
@@ -77,6 +79,9 @@ def reference_lenet3(dataset: str = "fashion_mnist", n_per_class: int | None = 1
                      batch_size: int = 64, lr: float = 0.01, momentum: float = 0.9, seed: int = 0,
                      **kw: Any) -> tuple[torch.nn.Module, list[dict]]:
     """The trained LeNet3 of lessons 02 and 03 (Molchanov et al. 2019, Sec. 4.1); call it with
-    ``**LENET3_TRAINING[MODE]`` so both lessons share one cache entry. See :func:`reference_model`."""
+    ``**LENET3_TRAINING[MODE]`` so both lessons share one cache entry. See :func:`reference_model`.
+
+    Used in lessons 02 and 03.
+    """
     return reference_model("lenet3", {}, dataset, n_per_class, epochs, batch_size, lr, momentum, 0.0,
                            seed, **kw)

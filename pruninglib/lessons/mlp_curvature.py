@@ -44,6 +44,8 @@ class Features7x7(NamedTuple):
         x_train, y_train: the training images used (``[N, 49]`` float64) and labels.
         x_test, y_test: the whole test split.
         n_train_available: how many training images the split has (before ``n_per_class``).
+
+    Used in lesson 01.
     """
 
     x_train: torch.Tensor

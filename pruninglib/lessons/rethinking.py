@@ -74,6 +74,8 @@ def scratch_b_epochs(epochs: int, macs_full: float, macs_pruned: float,
 
     Returns:
         At least ``epochs`` (a smaller model never gets fewer epochs than Scratch-E).
+
+    Used in lesson 05.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -87,7 +89,10 @@ def scratch_b_epochs(epochs: int, macs_full: float, macs_pruned: float,
 
 def lr_milestones(epochs: int, fractions: Sequence[float] = (0.5, 0.75)) -> list[int]:
     """Epochs at whose start the learning rate drops (``int(E * 0.5)``, ``int(E * 0.75)``),
-    as in the paper's code; duplicates and 0 are dropped (tiny runs)."""
+    as in the paper's code; duplicates and 0 are dropped (tiny runs).
+
+    Used in lesson 05.
+    """
     out = sorted({int(epochs * f) for f in fractions})
     return [m for m in out if 0 < m < max(epochs, 1)]
 
@@ -95,7 +100,10 @@ def lr_milestones(epochs: int, fractions: Sequence[float] = (0.5, 0.75)) -> list
 def training_cost(epochs: float, n_samples: int, macs_per_sample: float, backward_factor: float = 3.0) -> float:
     """Training compute in MACs: ``epochs * n_samples * macs * backward_factor`` (a forward
     pass plus a backward pass of about twice its cost). For the fairness note: what "the same
-    budget" means, and what the pre-training of the large model costs."""
+    budget" means, and what the pre-training of the large model costs.
+
+    Used in lesson 05.
+    """
     return float(epochs) * n_samples * macs_per_sample * backward_factor
 
 
@@ -121,6 +129,8 @@ class Protocol:
         eval_every: evaluate on the test set every this many epochs during training (0 = only
             at the end; the paper's code tests every epoch and reports the best, which selects
             on the test set -- we report the final epoch).
+
+    Used in lesson 05.
     """
 
     epochs: int = 160
@@ -169,6 +179,8 @@ class Experiment:
         arms: which of :data:`ARMS` to run.
         label: the model's name in tables (``"VGG-16"``); pruned_label: the pruned model's.
         input_size: example input shape for MAC counts.
+
+    Used in lesson 05.
     """
 
     name: str
@@ -299,6 +311,8 @@ def train_resumable(model: nn.Module, train_set: Dataset, epochs: int, lr: float
 
     Raises:
         ValueError: a checkpoint written with other settings (delete it or choose another path).
+
+    Used in lesson 05.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -359,6 +373,8 @@ def fresh_like(model: nn.Module, seed: int) -> nn.Module:
     models' own initialisation and a ``pl_config``); other models are deep-copied and every
     submodule's ``reset_parameters()`` is called. ``torch.nn.utils.prune`` masks are not copied
     (use :func:`pruninglib.methods.unstructured.apply_masks`). Returned on ``model``'s device.
+
+    Used in lesson 05.
     """
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
@@ -408,7 +424,10 @@ def _arch_summary(model: nn.Module, input_size: tuple[int, ...], sparse: bool = 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
     """A short id of a training set for checkpoint keys: its type, length and the SHA-256 of
-    its labels (cheap, and unaffected by random augmentation)."""
+    its labels (cheap, and unaffected by random augmentation).
+
+    Used in lesson 05.
+    """
     import hashlib
 
     import numpy as np
@@ -612,6 +631,8 @@ def run_experiment(exp: Experiment, protocol: Protocol, train_set: Dataset, test
         ``{"experiment", "method", "seed", "large": {...}, "pruned": {...}, "arms": {arm: {...}}}``
         with accuracies in [0, 1], MACs, parameters, widths, epochs, histories and ``seconds``
         (the measured training time, summed over the epochs, so it survives a resume).
+
+    Used in lesson 05.
     """
     from pruninglib.methods.unstructured import get_masks
 
@@ -652,7 +673,7 @@ def run_experiment(exp: Experiment, protocol: Protocol, train_set: Dataset, test
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value). Used in lesson 05."""
     vals = [float(v) for v in values]
     if not vals:
         return float("nan"), float("nan")
@@ -660,7 +681,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def arm_accuracies(results: Sequence[Mapping[str, Any]], experiment: str) -> dict[str, list[float]]:
-    """``{"unpruned": [...], "pruned": [...], arm: [...]}`` accuracies (%) of one experiment over seeds."""
+    """``{"unpruned": [...], "pruned": [...], arm: [...]}`` accuracies (%) of one experiment over seeds.
+
+    Used in lesson 05.
+    """
     rows = [r for r in results if r["experiment"] == experiment]
     out: dict[str, list[float]] = {"unpruned": [100 * r["large"]["accuracy"] for r in rows],
                                    "pruned": [100 * r["pruned"]["accuracy"] for r in rows]}
@@ -672,7 +696,7 @@ def arm_accuracies(results: Sequence[Mapping[str, Any]], experiment: str) -> dic
 
 
 def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """``{experiment: {column: (mean %, std %, n seeds)}}`` over the seeds of every experiment."""
+    """``{experiment: {column: (mean %, std %, n seeds)}}`` over the seeds of every experiment. Used in lesson 05."""
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for name in dict.fromkeys(r["experiment"] for r in results):
         acc = arm_accuracies(results, name)
@@ -734,6 +758,8 @@ def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
     (+ Uniform-E when run). Each of our experiments gets a row "ours (n seeds)" and, when
     ``paper`` has its key (``paper_keys`` maps our name to the paper's), a row "paper".
     Accuracies in %, mean (± std over seeds). The rows: :func:`results_rows`.
+
+    No lesson calls it directly (its tests do).
     """
     rows, head = results_rows(results, dataset, paper, paper_keys)
     return markdown_table(rows, headers=head, fmt=str)
@@ -860,7 +886,10 @@ def verdict_lines(results: Sequence[Mapping[str, Any]], labels: Mapping[str, str
 
 def cifar10_transforms(train: bool) -> Any:
     """The CIFAR-10 pipeline of the paper's code: pad 4, random 32x32 crop and horizontal flip
-    when training; normalisation with the per-channel mean and std of the training set."""
+    when training; normalisation with the per-channel mean and std of the training set.
+
+    Used in lesson 05.
+    """
     from torchvision import transforms as T
 
     norm = T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -872,7 +901,10 @@ def cifar10_transforms(train: bool) -> Any:
 def paper_experiments(in_channels: int = 3, num_classes: int = 10,
                       include: Sequence[str] = ("vgg16_a", "resnet56_a", "resnet56_b", "vgg19_slim")) -> list[Experiment]:
     """The paper-mode experiments: VGG-16-A, ResNet-56-A/B (L1-norm, Li et al. 2017) and VGG-19
-    with Network Slimming at 70 % (s = 1e-4), on CIFAR-10 at the paper's widths."""
+    with Network Slimming at 70 % (s = 1e-4), on CIFAR-10 at the paper's widths.
+
+    Used in lesson 05.
+    """
     from pruninglib.methods.l1_filters import predefined_target
 
     exps = []

@@ -78,6 +78,8 @@ def transfer_head(model: nn.Module) -> nn.Sequential:
 
     Raises:
         TypeError: if ``model`` lacks ``features``, ``avgpool`` or ``classifier``.
+
+    Used in lesson 04.
     """
     _check_vgg_like(model)
     return nn.Sequential(model.avgpool, nn.Flatten(1), model.classifier)
@@ -104,6 +106,8 @@ def cache_features(model: nn.Module, dataset: Dataset, batch_size: int = 64,
     Returns:
         ``TensorDataset(features, labels)``. The global random state is left as it was, so what
         follows is the same whether the features were computed or loaded from a cache.
+
+    Used in lesson 04.
     """
     _check_vgg_like(model)
     device = device or next(model.parameters()).device
@@ -142,6 +146,8 @@ def train_head(model: nn.Module, features: TensorDataset, epochs: int, lr: float
 
     Returns:
         The per-epoch history of :func:`pruninglib.train.fit`.
+
+    Used in lesson 04.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -156,7 +162,10 @@ def train_head(model: nn.Module, features: TensorDataset, epochs: int, lr: float
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
-    """Set ``requires_grad=True`` on every parameter (fine-tuning after pruning trains all layers)."""
+    """Set ``requires_grad=True`` on every parameter (fine-tuning after pruning trains all layers).
+
+    Used in lesson 04.
+    """
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -168,6 +177,8 @@ def finetune(model: nn.Module, dataset: Dataset, epochs: int = 1, lr: float = 1e
     """Fine-tune *all* layers after a pruning step (blog post: SGD, lr 1e-3, momentum 0.9).
 
     A new optimiser is made for every call: after surgery the parameter tensors are new.
+
+    Used in lesson 04.
     """
     unfreeze(model)
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
@@ -178,12 +189,12 @@ def finetune(model: nn.Module, dataset: Dataset, epochs: int = 1, lr: float = 1e
 
 
 def conv_counts(model: nn.Module) -> dict[str, int]:
-    """``{conv layer name: filters}`` for every prunable conv (the blog's bar chart)."""
+    """``{conv layer name: filters}`` for every prunable conv (the blog's bar chart). Used in lesson 04."""
     return {pl.name: pl.num_units for pl in prunable_layers(model, ("conv",))}
 
 
 def total_conv_filters(model: nn.Module) -> int:
-    """Number of prunable conv filters (4,224 for VGG16: the 13 convs, the last one included)."""
+    """Number of prunable conv filters (4,224 for VGG16: the 13 convs, the last one included). Used in lesson 04."""
     return sum(conv_counts(model).values())
 
 
@@ -209,6 +220,8 @@ def rank_filters(model: nn.Module, batches: Iterable, criterion: str = "taylor_2
 
     Returns:
         ``{conv layer name: scores}`` (higher = keep).
+
+    Used in lesson 04.
     """
     fn = get_criterion(criterion)
     saved = {p: p.requires_grad for p in model.parameters()}
@@ -239,6 +252,8 @@ def remove_lowest_filters(model: nn.Module, scores: Scores, n: int, min_keep: in
 
     Raises:
         ValueError: if the scores do not match the model's current widths, or ``n`` is too large.
+
+    Used in lesson 04.
     """
     counts = conv_counts(model)
     for name, s in scores.items():
@@ -380,6 +395,8 @@ def prune_finetune_loop(model: nn.Module, rank_batches: Callable[[], Iterable], 
 
     Raises:
         ValueError: for a schedule that removes too many filters or non-positive settings.
+
+    Used in lesson 04.
     """
     start = _check_schedule(model, filters_per_iteration, iterations)
     records: list[dict] = []
@@ -459,7 +476,7 @@ def speedup_rows(records: Sequence[Mapping[str, Any]], devices: Sequence[str] = 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Class predictions (argmax) of ``model`` for a batch of images, in eval mode, on the CPU."""
+    """Class predictions (argmax) of ``model`` for a batch of images, in eval mode, on the CPU. Used in lesson 04."""
     if len(x) == 0:
         raise ValueError("predict got no images: pass at least one (N >= 1) image tensor")
     dev = next(model.parameters()).device

@@ -39,7 +39,10 @@ XOR_NAMES = ("u11", "u12", "u21", "u22", "a1", "a2", "v1", "v2", "c")
 
 
 def xor_forward(theta: torch.Tensor, x: torch.Tensor = XOR_X) -> torch.Tensor:
-    """Outputs of the 2-2-1 sigmoid network for parameters ``theta`` (``[..., 9]``): ``[..., len(x)]``."""
+    """Outputs of the 2-2-1 sigmoid network for parameters ``theta`` (``[..., 9]``): ``[..., len(x)]``.
+
+    Used in lesson 01.
+    """
     if theta.shape[-1] != 9:
         raise ValueError(f"theta must end in 9 entries {XOR_NAMES}, got shape {tuple(theta.shape)}")
     U = theta[..., :4].reshape(*theta.shape[:-1], 2, 2)
@@ -49,7 +52,10 @@ def xor_forward(theta: torch.Tensor, x: torch.Tensor = XOR_X) -> torch.Tensor:
 
 
 def xor_error(theta: torch.Tensor, weight_decay: float = 0.0) -> torch.Tensor:
-    r""":math:`E = \frac12\sum_n (o_n - t_n)^2 + \frac{\lambda}{2}\lVert\theta\rVert^2` (``[...]``)."""
+    r""":math:`E = \frac12\sum_n (o_n - t_n)^2 + \frac{\lambda}{2}\lVert\theta\rVert^2` (``[...]``).
+
+    Used in lesson 01.
+    """
     o = xor_forward(theta)
     return 0.5 * (o - XOR_T.to(o.dtype)).pow(2).sum(-1) + 0.5 * weight_decay * theta.pow(2).sum(-1)
 
@@ -73,6 +79,8 @@ def minimize_batched(theta: torch.Tensor, weight_decay: float = 0.0, fixed: torc
 
     Returns:
         the minimisers ``[B, 9]``.
+
+    Used in lesson 01.
     """
     theta = theta.clone().to(torch.float64)
     B, P = theta.shape
@@ -108,7 +116,7 @@ def minimize_batched(theta: torch.Tensor, weight_decay: float = 0.0, fixed: torc
 
 def train_xor(n_restarts: int, seed: int = 0, weight_decay: float = 1e-3, init_scale: float = 2.0,
               iters: int = 500) -> torch.Tensor:
-    """Train ``n_restarts`` XOR networks from independent random starts (``[R, 9]``)."""
+    """Train ``n_restarts`` XOR networks from independent random starts (``[R, 9]``). Used in lesson 01."""
     if n_restarts < 1:
         raise ValueError(f"n_restarts must be >= 1, got {n_restarts}")
     g = torch.Generator().manual_seed(seed)
@@ -136,6 +144,8 @@ class XorTrial:
         still_solves: ``{method: [R]}`` the network still classifies all four patterns after
             the method deleted its weight its own way (OBS with its update; magnitude and OBD
             with the weight zeroed): the paper's criterion (Hassibi & Stork 1993, Sec. 4).
+
+    Used in lesson 01.
     """
 
     theta: torch.Tensor
@@ -201,6 +211,8 @@ def xor_pruning_trial(theta: torch.Tensor, weight_decay: float = 1e-3, steps: in
         steps: continuation stages.
         iters: the most Newton iterations of the last stage (each network stops when converged).
         stage_iters: Newton iterations of each earlier stage.
+
+    Used in lesson 01.
     """
     R = theta.shape[0]
     f = lambda t: xor_error(t, weight_decay)  # noqa: E731

@@ -57,6 +57,8 @@ def add_block_scales(model: nn.Module, init: float = 1.0) -> dict[str, nn.Parame
 
     Returns:
         ``{block name: its factor}`` in forward order.
+
+    Used in lesson 06.
     """
     out = {}
     for name, block in _blocks(model):
@@ -70,17 +72,20 @@ def add_block_scales(model: nn.Module, init: float = 1.0) -> dict[str, nn.Parame
 
 
 def block_scales(model: nn.Module) -> dict[str, float]:
-    """``{block name: current factor}`` for every block that has one."""
+    """``{block name: current factor}`` for every block that has one. Used in lesson 06."""
     return {n: float(b.bn2.sss_scale.detach()) for n, b in _blocks(model) if hasattr(b.bn2, "sss_scale")}
 
 
 def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The factors as a list (give them to :class:`APG`, and the other parameters to SGD)."""
+    """The factors as a list (give them to :class:`APG`, and the other parameters to SGD). Used in lesson 06."""
     return [b.bn2.sss_scale for _, b in _blocks(model) if hasattr(b.bn2, "sss_scale")]
 
 
 def soft_threshold(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    r""":math:`S_\alpha(z) = \mathrm{sign}(z)\max(|z| - \alpha, 0)`, the proximal operator of :math:`\alpha\|\cdot\|_1`."""
+    r""":math:`S_\alpha(z) = \mathrm{sign}(z)\max(|z| - \alpha, 0)`, the proximal operator of :math:`\alpha\|\cdot\|_1`.
+
+    Used in lesson 06.
+    """
     return torch.sign(z) * torch.clamp(z.abs() - alpha, min=0.0)
 
 
@@ -96,6 +101,8 @@ class APG(Optimizer):
         lr: :math:`\eta`.
         gamma: the sparsity weight :math:`\gamma`.
         momentum: :math:`\mu`.
+
+    Used in lesson 06.
     """
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.1, gamma: float = 0.01,
@@ -124,7 +131,7 @@ class APG(Optimizer):
 
 
 class DroppedBlock(nn.Module):
-    """What remains of a block whose factor is zero: its (parameter-free) shortcut."""
+    """What remains of a block whose factor is zero: its (parameter-free) shortcut. Used in lesson 06."""
 
     def __init__(self, shortcut: nn.Module) -> None:
         super().__init__()
@@ -142,6 +149,8 @@ def drop_blocks(model: nn.Module, threshold: float = 0.0) -> list[str]:
 
     Returns:
         Names of the dropped blocks.
+
+    Used in lesson 06.
     """
     named = dict(model.named_modules())
     dropped = []
@@ -157,7 +166,10 @@ def drop_blocks(model: nn.Module, threshold: float = 0.0) -> list[str]:
 
 def fold_block_scales(model: nn.Module) -> None:
     r"""Multiply each remaining factor into its block's ``bn2`` (weight and bias) and remove it,
-    leaving a plain network that computes the same function."""
+    leaving a plain network that computes the same function.
+
+    Used in lesson 06.
+    """
     for _, block in _blocks(model):
         bn = block.bn2
         if hasattr(bn, "sss_scale"):

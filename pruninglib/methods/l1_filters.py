@@ -71,6 +71,8 @@ def resnet_conv_id(block: int) -> int:
     """Li et al.'s layer id of block ``block``'s inner conv (``conv1``): ``2 * block + 2``.
 
     Ids count every Conv2d in forward order from 1 (the stem conv); see the module docstring.
+
+    Used in lesson 05.
     """
     if block < 0:
         raise ValueError(f"block index must be >= 0, got {block}")
@@ -82,6 +84,8 @@ def resnet_block_of_id(layer_id: int) -> int:
 
     Raises:
         ValueError: for odd ids (a block's ``conv2``, tied to the residual stream) or the stem.
+
+    Used in lesson 05.
     """
     if layer_id < 2 or layer_id % 2:
         raise ValueError(f"layer id {layer_id} is not a block's inner conv; inner convs have even ids "
@@ -105,6 +109,8 @@ def resnet_target_mid_channels(depth: int = 56, variant: str | None = "A",
 
     Returns:
         ``mid_channels`` for :class:`pruninglib.models.CifarResNet`, one entry per block.
+
+    Used in lesson 05.
     """
     if (depth - 2) % 6:
         raise ValueError(f"ResNet depth must be 6n+2, got {depth}")
@@ -127,7 +133,7 @@ def resnet_target_mid_channels(depth: int = 56, variant: str | None = "A",
 
 
 def target_widths(model: nn.Module) -> list[int]:
-    """Current widths of ``model``'s prunable conv layers, in forward order."""
+    """Current widths of ``model``'s prunable conv layers, in forward order. Used in lesson 05."""
     return [pl.num_units for pl in prunable_layers(model, ("conv",))]
 
 
@@ -145,6 +151,8 @@ def l1_keep_plan(model: nn.Module, widths: Sequence[int] | Mapping[str, int],
 
     Returns:
         ``{layer: [indices to remove]}`` for :func:`pruninglib.core.surgery.prune_channels`.
+
+    Used in lesson 05.
     """
     layers = prunable_layers(model, ("conv",))
     if isinstance(widths, Mapping):
@@ -174,7 +182,10 @@ def l1_keep_plan(model: nn.Module, widths: Sequence[int] | Mapping[str, int],
 def prune_to_widths(model: nn.Module, widths: Sequence[int] | Mapping[str, int],
                     criterion: str = "weight_l1") -> nn.Module:
     """Physically prune ``model`` (in place) to the target ``widths``, keeping the
-    largest-L1 filters (Li et al. 2017); the survivors keep their trained weights."""
+    largest-L1 filters (Li et al. 2017); the survivors keep their trained weights.
+
+    Used in lesson 05.
+    """
     prune_channels(model, l1_keep_plan(model, widths, criterion))
     return model
 
@@ -192,6 +203,8 @@ def predefined_target(name: str, width: float = 1.0, in_channels: int = 3,
 
     Returns:
         Two dicts ``{"name": ..., "kwargs": {...}}``.
+
+    Used in lesson 05.
     """
     if name == "vgg16_a":
         base = {"in_channels": in_channels, "num_classes": num_classes, "batch_norm": True}
@@ -214,6 +227,8 @@ def flops_reduction(full: nn.Module, pruned: nn.Module,
     Returns:
         ``{"macs_full", "macs_pruned", "flops_pruned", "params_full", "params_pruned",
         "params_pruned_frac"}``; ``flops_pruned = 1 - MACs_pruned / MACs_full``.
+
+    Used in lesson 05.
     """
     mf, mp = count_macs(full, input_size), count_macs(pruned, input_size)
     pf, pp = count_parameters(full), count_parameters(pruned)

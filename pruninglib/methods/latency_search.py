@@ -99,6 +99,8 @@ class MacsModel:
     Args:
         model: a chain model (unpruned or pruned; its current widths are the full ones).
         example: an input batch (only its shape matters).
+
+    Used in lesson 06.
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
@@ -156,6 +158,8 @@ def uniform_counts(macs_model: MacsModel, fraction: float, layers: Sequence[str]
 
     Raises:
         ValueError: for a budget below what ``min_keep`` channels per layer cost.
+
+    Used in lesson 06.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -190,6 +194,8 @@ def global_counts(scores: Mapping[str, torch.Tensor], macs_model: MacsModel, fra
 
     Returns:
         ``{layer: original indices kept}`` for every scored layer.
+
+    Used in lesson 06.
     """
     full = macs_model.macs()
     budget = fraction * full
@@ -212,7 +218,10 @@ def global_counts(scores: Mapping[str, torch.Tensor], macs_model: MacsModel, fra
 
 
 def width_grid(model: nn.Module, fractions: Sequence[float], min_width: int = 1) -> dict[str, list[int]]:
-    """Candidate widths per prunable layer: ``round(f * C)`` for each fraction ``f`` (full width included)."""
+    """Candidate widths per prunable layer: ``round(f * C)`` for each fraction ``f`` (full width included).
+
+    Used in lesson 06.
+    """
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1], got {list(fractions)}")
     out = {}
@@ -243,6 +252,8 @@ def time_module(module: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: in
     The clock is this module's ``perf_counter`` unless ``timer`` is given (tests monkeypatch it).
     On a machine shared with other jobs ``reduce="min"`` is the steadier estimate of the
     undisturbed time (interruptions only ever add time).
+
+    No lesson calls it directly (its tests do).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -280,6 +291,8 @@ class LatencyTable:
             with the measured seconds on a grid of (input width, output width).
         grid: the candidate widths per prunable layer.
         batch_size, threads, device, repeats, reduce: the measurement conditions.
+
+    Used in lesson 06.
     """
 
     segments: list[_Segment]
@@ -451,6 +464,8 @@ def build_latency_table(model: nn.Module, example: torch.Tensor, grid: Mapping[s
 
     Returns:
         A :class:`LatencyTable`.
+
+    Used in lesson 06.
     """
     layers = prunable_layers(model)
     full = {pl.name: pl.num_units for pl in layers}
@@ -495,6 +510,8 @@ class SearchResult:
         kept: ``{layer: original indices kept}``.
         cost: the resource of the result (same unit as the target).
         history: one dict per iteration (``layer``, ``width``, ``cost``, ``accuracy``, ``proposals``).
+
+    Used in lesson 06.
     """
 
     model: nn.Module
@@ -546,6 +563,8 @@ def netadapt_search(model: nn.Module, cost: Callable[[Mapping[str, int]], float]
 
     Raises:
         ValueError: when the target cannot be met even at the smallest grid widths.
+
+    Used in lesson 06.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

@@ -53,6 +53,8 @@ class LayerSample:
         bias: ``(O,)`` the consumer's current bias, or ``None``.
         target: ``(S, O)`` the *reference* consumer output at the same positions (the
             original network's when a reference was given, else this network's own).
+
+    Used in lesson 06.
     """
 
     layer: str
@@ -113,6 +115,8 @@ def consumer_weight(consumer: nn.Module, channels: int) -> torch.Tensor:
     Raises:
         TypeError: for a consumer that is neither ``nn.Conv2d`` (groups=1) nor ``nn.Linear``.
         ValueError: when the consumer's inputs are not a multiple of ``channels``.
+
+    Used in lesson 06.
     """
     w = consumer.weight.detach()
     if isinstance(consumer, nn.Conv2d):
@@ -142,6 +146,8 @@ def consumer_patches(consumer: nn.Module, x: torch.Tensor, channels: int, positi
         channels: ``C``, the number of producer channels in ``x``.
         positions: sampled positions per image (conv only).
         generator: random generator for the positions (reproducible sampling).
+
+    Used in lesson 06.
     """
     if isinstance(consumer, nn.Conv2d):
         if consumer.padding_mode != "zeros" or isinstance(consumer.padding, str):
@@ -195,6 +201,8 @@ def sample_layer(model: nn.Module, layer: str, batches: Iterable, positions: int
 
     Returns:
         A :class:`LayerSample`.
+
+    Used in lesson 06.
     """
     pl = _find_layer(model, layer)
     ref_pl = _find_layer(reference, layer) if reference is not None else None
@@ -266,6 +274,8 @@ def least_squares_fit(patches: torch.Tensor, target: torch.Tensor, fit_bias: boo
     Returns:
         ``(W, b)`` with ``W`` shaped ``(O, C, K)`` (or ``(O, D)``) in the dtype and device
         of ``patches``, and ``b`` of shape ``(O,)`` or ``None``.
+
+    Used in lesson 06.
     """
     if patches.shape[0] != target.shape[0]:
         raise ValueError(f"patches have {patches.shape[0]} rows but target has {target.shape[0]}")
@@ -301,7 +311,7 @@ def least_squares_fit(patches: torch.Tensor, target: torch.Tensor, fit_bias: boo
 
 
 def relative_error(pred: torch.Tensor, target: torch.Tensor) -> float:
-    r""":math:`\|\hat Y - Y\|_F / \|Y\|_F` (0 = the consumer's output is reproduced exactly)."""
+    r""":math:`\|\hat Y - Y\|_F / \|Y\|_F` (0 = the consumer's output is reproduced exactly). Used in lesson 06."""
     return float((pred - target).norm() / target.norm().clamp_min(1e-12))
 
 
@@ -332,6 +342,8 @@ def refit_consumer(model: nn.Module, layer: str, sample: LayerSample, keep_out: 
 
     Returns:
         ``(error before, error after)``: relative output errors on the sample.
+
+    Used in lesson 06.
     """
     pl = _find_layer(model, layer)
     cons = pl.consumer
@@ -360,7 +372,10 @@ def refit_consumer(model: nn.Module, layer: str, sample: LayerSample, keep_out: 
 @dataclass
 class ReconstructionReport:
     """Per refitted consumer: relative output error on the sample before and after the refit, and
-    the size of the least-squares problem (sampled rows, unknowns per output)."""
+    the size of the least-squares problem (sampled rows, unknowns per output).
+
+    Used in lesson 06.
+    """
 
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
@@ -396,6 +411,8 @@ def reconstruct(pruned: nn.Module, original: nn.Module, kept: Mapping[str, Seque
 
     Returns:
         ``(model, report)``: the reconstructed network and the per-layer errors.
+
+    Used in lesson 06.
     """
     model = pruned if inplace else copy.deepcopy(pruned)
     orig_units = {pl.name: pl.num_units for pl in prunable_layers(original)}
@@ -430,6 +447,8 @@ def reconstruct_layer(model: nn.Module, original: nn.Module, layer: str,
 
     Returns:
         ``(error before, error after, sampled rows, unknowns per output)``.
+
+    Used in lesson 06.
     """
     if layer not in kept:
         raise ValueError(f"layer {layer!r} was pruned but is missing from `kept`")

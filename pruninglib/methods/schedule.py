@@ -108,7 +108,10 @@ ONLINE_CRITERIA: dict[str, Callable[[nn.Module], Scores]] = {
 def scaled_per_step(num_units: int, reference_units: int = 100, reference_total: int = 12_000,
                     minimum: int = 1) -> int:
     """Scale the 2019 default of ``reference_units`` per step to a model with ``num_units`` units
-    (``reference_total``: roughly the prunable units of the ImageNet ResNets it was set for)."""
+    (``reference_total``: roughly the prunable units of the ImageNet ResNets it was set for).
+
+    Used in lesson 02.
+    """
     if num_units < 1:
         raise ValueError(f"num_units must be >= 1, got {num_units}")
     return max(minimum, round(reference_units * num_units / reference_total))
@@ -118,14 +121,20 @@ def select_lowest(scores: Scores, alive: dict[str, torch.Tensor], n: int, min_ke
     """The ``n`` alive units with the lowest scores, never leaving a layer with fewer than
     ``min_keep`` alive units (ties broken by layer order, then index). Unlike
     :func:`~pruninglib.criteria.base.lowest_units` it returns fewer units, not an error, when
-    fewer than ``n`` can go (a schedule simply stops there)."""
+    fewer than ``n`` can go (a schedule simply stops there).
+
+    Used in lessons 02 and 03.
+    """
     removable = sum(max(0, int(alive[k].sum()) - min_keep) for k in scores)
     return lowest_units(scores, min(n, removable), min_keep, alive=alive)
 
 
 def non_gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The model's parameters without the gates (give these to the optimizer: gates only
-    measure importance, they are not trained)."""
+    measure importance, they are not trained).
+
+    Used in lesson 02.
+    """
     return [p for n, p in model.named_parameters() if "pl_gate" not in n]
 
 
@@ -153,6 +162,8 @@ class IterativePruner:
             interval's by more than this.
         momentum: momentum of :class:`ImportanceAccumulator` across steps (2019 configs: 0.9).
         min_keep: units every layer keeps.
+
+    Used in lesson 02.
     """
 
     def __init__(self, model: nn.Module, criterion: str | Callable[[nn.Module], Scores] = "taylor_fo_gate",
@@ -284,6 +295,8 @@ class GreedyResult:
         order: the units in the order they were removed.
         count: units removed before the loss first rose by more than the threshold.
         threshold: the loss increase that defines ``count``.
+
+    Used in lesson 03.
     """
 
     units_removed: list[int]
@@ -324,6 +337,8 @@ def greedy_prune(model: nn.Module, batches: Sequence,
         progress: show a tqdm bar over the units removed.
         desc: the bar's label.
         score_batches: the data ``score_fn`` sees (default: ``batches``).
+
+    Used in lesson 03.
     """
     from pruninglib.criteria.oracle import evaluate_loss
 
@@ -378,6 +393,8 @@ def greedy_scorer(name: str, seed: int = 0, loss_fn: Callable = F.cross_entropy,
     least, or lowers it most). ``"random"``: a fixed random order drawn with ``seed``.
     Any other name: that registered criterion (e.g. ``"taylor_so_gate"``, ``"taylor_fo_gate"``,
     ``"weight_l2"``), called as ``fn(model, batches, loss_fn, **kw)``.
+
+    Used in lesson 03.
     """
     from pruninglib.criteria import get_criterion
     from pruninglib.criteria.oracle import oracle_loss_change

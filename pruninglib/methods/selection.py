@@ -68,6 +68,8 @@ def kept_from_scores(scores: Mapping[str, torch.Tensor], counts: Mapping[str, in
     """Keep the ``counts[layer]`` highest-scoring channels of every layer named in ``counts``.
 
     Ties are broken by the lower index (stable sort), so the result is deterministic.
+
+    Used in lesson 06.
     """
     out: Kept = {}
     for name, n in counts.items():
@@ -81,7 +83,10 @@ def kept_from_scores(scores: Mapping[str, torch.Tensor], counts: Mapping[str, in
 
 
 def kept_to_plan(model: nn.Module, kept: Mapping[str, Sequence[int] | torch.Tensor]) -> dict[str, list[int]]:
-    """Turn kept indices into the ``{layer: indices to remove}`` plan of :func:`~pruninglib.core.surgery.prune_channels`."""
+    """Turn kept indices into the ``{layer: indices to remove}`` plan of :func:`~pruninglib.core.surgery.prune_channels`.
+
+    Used in lesson 06.
+    """
     units = {pl.name: pl.num_units for pl in prunable_layers(model)}
     plan = {}
     for name, keep in kept.items():
@@ -95,7 +100,7 @@ def kept_to_plan(model: nn.Module, kept: Mapping[str, Sequence[int] | torch.Tens
 
 
 def apply_kept(model: nn.Module, kept: Mapping[str, Sequence[int] | torch.Tensor], inplace: bool = False) -> nn.Module:
-    """A copy of ``model`` (or ``model`` itself) with only the ``kept`` channels (exact surgery)."""
+    """A copy of ``model`` (or ``model`` itself) with only the ``kept`` channels (exact surgery). Used in lesson 06."""
     out = model if inplace else copy.deepcopy(model)
     return prune_channels(out, kept_to_plan(out, kept))
 
@@ -109,6 +114,8 @@ def thinet_contributions(sample: LayerSample, seed: int = 0) -> torch.Tensor:
 
     Returns:
         ``(S, C)`` contributions (their row sums are the sampled outputs, bias excluded).
+
+    Used in lesson 06.
     """
     g = torch.Generator().manual_seed(seed)
     o = torch.randint(sample.weight.shape[0], (sample.num_samples,), generator=g).to(sample.patches.device)
@@ -125,6 +132,8 @@ def thinet_order(sample: LayerSample, seed: int = 0) -> torch.Tensor:
 
     Returns:
         All channel indices, first removed first.
+
+    Used in lesson 06.
     """
     xhat = thinet_contributions(sample, seed).double()
     c = xhat.shape[1]
@@ -153,6 +162,8 @@ def thinet_select(sample: LayerSample, n_keep: int, seed: int = 0) -> torch.Tens
 
     Returns:
         Sorted indices of the kept channels (in the sampled layer's current numbering).
+
+    Used in lesson 06.
     """
     c = sample.patches.shape[1]
     n_keep = _check_n_keep(n_keep, c, sample.layer)
@@ -173,6 +184,8 @@ def lasso_gram(sample: LayerSample, chunk: int = 512) -> tuple[np.ndarray, np.nd
 
     Returns:
         ``(G, q)`` as float64 NumPy arrays, ``(C, C)`` and ``(C,)``.
+
+    Used in lesson 06.
     """
     p, w = sample.patches.float(), sample.weight.float()
     y = sample.target.float()
@@ -205,6 +218,8 @@ def lasso_solve(gram: np.ndarray, q: np.ndarray, penalty: float, beta0: np.ndarr
         max_iter, tol: stop after ``max_iter`` steps, or when no coefficient moved more than
             ``tol`` times the largest one over the last 10 steps.
         lipschitz: :math:`L` if already known.
+
+    Used in lesson 06.
     """
     if penalty < 0:
         raise ValueError(f"the LASSO penalty must be >= 0, got {penalty}")
@@ -243,6 +258,8 @@ def lasso_channel_mask(gram: np.ndarray, q: np.ndarray, penalty: float, min_keep
 
     Returns:
         ``(mask, beta)``: a boolean tensor over channels and the coefficients.
+
+    No lesson calls it directly (its tests do).
     """
     c = len(q)
     min_keep = _check_n_keep(min_keep, c, "lasso_channel_mask")
@@ -271,6 +288,8 @@ def lasso_select(sample: LayerSample, n_keep: int, steps: int = 30) -> tuple[tor
 
     Returns:
         ``(kept indices, beta, penalty)``.
+
+    Used in lesson 06.
     """
     gram, q = lasso_gram(sample)
     c = len(q)
@@ -315,6 +334,8 @@ class SequentialSelection:
         model: the pruned network the selection ended with (refitted if ``refit=True``).
         info: per layer, method details (``penalty`` for LASSO, ``error`` = relative change of
             the consumer output on the sample caused by the removal).
+
+    Used in lesson 06.
     """
 
     kept: Kept
@@ -345,6 +366,8 @@ def select_sequential(model: nn.Module, counts: Mapping[str, int], method: str |
 
     Returns:
         A :class:`SequentialSelection`.
+
+    Used in lesson 06.
     """
     if isinstance(method, str):
         rules = {"thinet": lambda s, n: thinet_select(s, n, seed),

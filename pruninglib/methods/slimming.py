@@ -61,6 +61,8 @@ def bn_l1_subgradient(s: float, scope: str = "prunable") -> Callable[[nn.Module]
 
     Returns:
         A function ``hook(model)`` to pass as ``after_backward``.
+
+    Used in lesson 05.
     """
     if not (isinstance(s, (int, float)) and s >= 0 and math.isfinite(s)):
         raise ValueError(f"sparsity strength s must be a finite number >= 0, got {s!r}")
@@ -80,12 +82,15 @@ def bn_l1_subgradient(s: float, scope: str = "prunable") -> Callable[[nn.Module]
 
 
 def bn_l1_penalty(model: nn.Module, scope: str = "prunable") -> torch.Tensor:
-    """:math:`\\sum_{\\gamma} |\\gamma|`, the penalty of Eq. (1) (for logging; training uses the hook)."""
+    """:math:`\\sum_{\\gamma} |\\gamma|`, the penalty of Eq. (1) (for logging; training uses the hook).
+
+    No lesson calls it directly (its tests do).
+    """
     return sum(bn.weight.abs().sum() for bn in _bn_modules(model, scope))
 
 
 def bn_scales(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{prunable conv: |gamma| of its BatchNorm}`` (the ``"bn_scale"`` criterion's scores)."""
+    """``{prunable conv: |gamma| of its BatchNorm}`` (the ``"bn_scale"`` criterion's scores). Used in lesson 05."""
     return {pl.name: pl.norm.weight.detach().abs().cpu().clone()
             for pl in prunable_layers(model, ("conv",)) if pl.norm is not None}
 
@@ -93,7 +98,10 @@ def bn_scales(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def threshold_from_scales(scales: Mapping[str, torch.Tensor], ratio: float) -> float:
     """The global threshold on :math:`|\\gamma|` for ``ratio``, from ``{layer: |gamma|}`` (see
-    :func:`slimming_threshold`)."""
+    :func:`slimming_threshold`).
+
+    Used in lesson 05.
+    """
     r = check_ratio(ratio)
     allg = torch.cat([torch.as_tensor(v, dtype=torch.float32).flatten() for v in scales.values()]) \
         if scales else torch.empty(0)
@@ -109,12 +117,14 @@ def slimming_threshold(model: nn.Module, ratio: float) -> float:
     As in the paper's code: sort all :math:`|\\gamma|` of the prunable layers and take the value
     at index ``int(total * ratio)``; channels *strictly below* it are pruned, so exactly
     ``int(total * ratio)`` channels fall below it when the scales are distinct.
+
+    Used in lesson 05.
     """
     return threshold_from_scales(bn_scales(model), ratio)
 
 
 def plan_from_scales(scales: Mapping[str, torch.Tensor], ratio: float, min_keep: int = 1) -> dict[str, list[int]]:
-    """:func:`slimming_plan` computed from ``{layer: |gamma|}`` alone (no model needed)."""
+    """:func:`slimming_plan` computed from ``{layer: |gamma|}`` alone (no model needed). Used in lesson 05."""
     if min_keep < 0:
         raise ValueError(f"min_keep must be >= 0, got {min_keep}")
     thr = threshold_from_scales(scales, ratio)
@@ -134,7 +144,10 @@ def plan_from_scales(scales: Mapping[str, torch.Tensor], ratio: float, min_keep:
 
 def emptied_layers(scales: Mapping[str, torch.Tensor], ratio: float) -> list[str]:
     """The layers the *original* rule (no minimum per layer) would empty at ``ratio``:
-    every one of their :math:`|\\gamma|` is below the global threshold."""
+    every one of their :math:`|\\gamma|` is below the global threshold.
+
+    Used in lesson 05.
+    """
     thr = threshold_from_scales(scales, ratio)
     return [n for n, g in scales.items() if bool((torch.as_tensor(g) < thr).all())]
 
@@ -147,6 +160,8 @@ def slimming_plan(model: nn.Module, ratio: float, min_keep: int = 1) -> dict[str
 
     Returns:
         ``{layer: [indices to remove]}`` for :func:`pruninglib.core.surgery.prune_channels`.
+
+    Used in lesson 05.
     """
     return plan_from_scales(bn_scales(model), ratio, min_keep)
 
@@ -156,6 +171,8 @@ def slim(model: nn.Module, ratio: float, min_keep: int = 1) -> dict[str, Any]:
 
     Returns:
         ``{"threshold", "removed", "total", "removed_frac", "widths_before", "widths_after"}``.
+
+    Used in lesson 05.
     """
     before = {pl.name: pl.num_units for pl in prunable_layers(model, ("conv",))}
     thr = slimming_threshold(model, ratio)
@@ -173,7 +190,10 @@ def slim(model: nn.Module, ratio: float, min_keep: int = 1) -> dict[str, Any]:
 
 def vgg_cfg_of(model: nn.Module) -> list[int | str]:
     """The channel list (with ``"M"``) of a (possibly pruned) :class:`~pruninglib.models.CifarVGG`,
-    so the found architecture can be rebuilt from scratch with ``CifarVGG(cfg, width=1.0)``."""
+    so the found architecture can be rebuilt from scratch with ``CifarVGG(cfg, width=1.0)``.
+
+    Used in lesson 05.
+    """
     from pruninglib.models import CifarVGG
 
     if not isinstance(model, CifarVGG):
@@ -191,7 +211,10 @@ def vgg_param_count(cfg: Sequence[int | str], in_channels: int = 3, num_classes:
                     batch_norm: bool = True) -> int:
     """Parameters of ``CifarVGG(cfg, in_channels, num_classes, batch_norm, width=1.0)``, in closed form:
     each conv :math:`9\\,c_{in} c_{out}` (+ :math:`2 c_{out}` BatchNorm, or :math:`c_{out}` bias),
-    plus the classifier :math:`c_{last} K + K`."""
+    plus the classifier :math:`c_{last} K + K`.
+
+    Used in lesson 05.
+    """
     total, prev = 0, in_channels
     for v in cfg:
         if v == "M":
@@ -212,6 +235,8 @@ def uniform_vgg_cfg(cfg: Sequence[int | str], target_params: int, in_channels: i
 
     Returns:
         ``(cfg, factor)``.
+
+    Used in lesson 05.
     """
     full = vgg_param_count(cfg, in_channels, num_classes, batch_norm)
     if target_params <= 0:

@@ -27,12 +27,12 @@ __all__ = ["prunable_weights", "magnitude_prune", "get_masks", "apply_masks", "r
 
 
 def prunable_weights(model: nn.Module, kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every module of the given types that has a ``weight``."""
+    """``(name, module)`` of every module of the given types that has a ``weight``. Used in lesson 05."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and hasattr(m, "weight")]
 
 
 def is_masked(module: nn.Module) -> bool:
-    """Whether ``module.weight`` is under a ``torch.nn.utils.prune`` mask."""
+    """Whether ``module.weight`` is under a ``torch.nn.utils.prune`` mask. Used in lesson 05."""
     return hasattr(module, "weight_mask")
 
 
@@ -50,6 +50,8 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "global",
     Returns:
         ``model``, with ``weight_orig``/``weight_mask`` on each pruned module. Pruning an
         already-masked model prunes further (masks compose), as in iterative pruning.
+
+    Used in lesson 05.
     """
     a = check_ratio(amount, "amount")
     mods = prunable_weights(model, kinds)
@@ -74,7 +76,7 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str = "global",
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``{module name: weight_mask}`` of every masked module (copies, on the CPU)."""
+    """``{module name: weight_mask}`` of every masked module (copies, on the CPU). Used in lesson 05."""
     return {n: m.weight_mask.detach().cpu().clone() for n, m in model.named_modules() if is_masked(m)}
 
 
@@ -83,6 +85,8 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
     The weights under a zero mask are zeroed by the forward pre-hook, so a model trained
     from here keeps exactly the given pattern (Liu et al. 2019's "scratch" for weight pruning).
+
+    Used in lesson 05.
     """
     named = dict(model.named_modules())
     missing = [n for n in masks if n not in named]
@@ -100,7 +104,10 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
-    """Make the pruning permanent (``weight`` becomes a plain parameter with zeros), in place."""
+    """Make the pruning permanent (``weight`` becomes a plain parameter with zeros), in place.
+
+    No lesson calls it directly (its tests do).
+    """
     for _, m in model.named_modules():
         if is_masked(m):
             prune.remove(m, "weight")
@@ -108,7 +115,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
 
 
 def sparsity(model: nn.Module, kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> float:
-    """Fraction of exactly-zero entries among the conv and Linear weights."""
+    """Fraction of exactly-zero entries among the conv and Linear weights. Used in lesson 05."""
     mods = prunable_weights(model, kinds)
     total = sum(m.weight.numel() for _, m in mods)
     zero = sum(int((m.weight == 0).sum()) for _, m in mods)
@@ -120,7 +127,10 @@ def sparse_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32),
     """MACs per sample if zero weights were skipped: each conv contributes
     :math:`H_{out} W_{out} \\cdot \\mathrm{nnz}(W)`, each Linear :math:`\\mathrm{nnz}(W)`
     (the dense count of :func:`pruninglib.core.metrics.count_macs` with the weight count replaced by
-    its non-zeros). A theoretical number: dense hardware does not get faster."""
+    its non-zeros). A theoretical number: dense hardware does not get faster.
+
+    Used in lesson 05.
+    """
     from pruninglib.core.metrics import count_macs
 
     return count_macs(model, input_size, example, nonzero_only=True)
