@@ -101,3 +101,16 @@ def test_lesson_header_and_sections(path):
     assert numbered == list(range(1, len(numbered) + 1)), f"{path.name}: sections numbered {numbered}, not 1, 2, 3, ..."
     for h in ("What we saw", "Summary", "Exercises"):
         assert h in headings, f"{path.name}: needs a '## {h}' section"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_sees_every_parameter(path):
+    """papermill (and `python -m pruninglib.run -p NAME VALUE`) must find every name the parameters cell
+    assigns: a comment with a second '=' on a line makes papermill skip that parameter."""
+    import ast
+
+    import papermill
+
+    cell = next(c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", []))
+    assigned = [t.id for n in ast.parse(_src(cell)).body if isinstance(n, ast.Assign) for t in n.targets]
+    assert list(papermill.inspect_notebook(str(path))) == assigned, f"{path.name}: reword the comment (no '=' in it)"
