@@ -10,7 +10,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
 from pruninglib import set_seed
 from pruninglib.core.metrics import count_parameters
@@ -18,30 +17,10 @@ from pruninglib.data import synthetic_images
 from pruninglib.lessons.transfer import (conv_counts, finetune, prune_finetune_loop, prune_iteration, rank_filters,
                                          remove_lowest_filters, speedup_rows, stage_record, total_conv_filters)
 from pruninglib.train import evaluate, make_loader
+from test_transfer import TinyVGG  # the same small VGG-like model as the transfer tests
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-class TinyVGG(nn.Module):
-    """features -> adaptive avgpool (2x2) -> flatten -> classifier, like torchvision's VGG."""
-
-    pl_is_chain = True
-
-    def __init__(self, widths=(8, 12, 16), num_classes: int = 4) -> None:
-        super().__init__()
-        layers, prev = [], 3
-        for k, w in enumerate(widths):
-            layers += [nn.Conv2d(prev, w, 3, padding=1), nn.ReLU(inplace=True)]
-            if k < len(widths) - 1:
-                layers.append(nn.MaxPool2d(2))
-            prev = w
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(2)
-        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(prev * 4, 32), nn.ReLU(inplace=True),
-                                        nn.Linear(32, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def _tiny(seed: int = 0) -> TinyVGG:
