@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["MIME_TYPE", "record", "read_records", "to_jsonable"]
+__all__ = ["MIME_TYPE", "record", "read_records", "flatten_records", "to_jsonable"]
 
 MIME_TYPE = "application/vnd.pruninglib.run.record+json"
 
@@ -72,4 +72,28 @@ def read_records(nb: Any) -> dict[str, Any]:
                 if isinstance(rec, str):
                     rec = json.loads(rec)
                 out[rec["name"]] = rec["value"]
+    return out
+
+
+def flatten_records(records: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Name every number of nested records: ``{"acc": {"obs": 0.88}}`` -> ``{"acc.obs": 0.88}``.
+
+    Part of the batch runner: its summaries and grid tables show recorded dicts (lesson 01's
+    ``xor_fraction_correct``, lesson 03's ``curvature_comparison``) as these dotted names.
+
+    Args:
+        records: ``name -> value`` as :func:`read_records` returns them.
+        prefix: put before every name (used by the recursion).
+
+    Returns:
+        ``dotted name -> value`` in the order recorded; lists, strings and numbers are kept as
+        they are, and an empty dict keeps its own name.
+    """
+    out: dict[str, Any] = {}
+    for key, value in records.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_records(value, prefix=f"{name}."))
+        else:
+            out[name] = value
     return out
