@@ -20,30 +20,23 @@ A file shorter than its header says is reported as an interrupted write
 (:class:`ChecksumError`). Files of the previous format (plain ``torch.save`` bytes with a
 ``<file>.sha256`` beside them) still load, verified against that side file.
 
-Every write goes to a temporary file in the same folder (``.<name>.<8 random>.tmp``, created
-with the user's umask and locked while it is written), is fsynced, renamed over the target
-(``os.replace``, the only rename) and the folder is fsynced: a killed write leaves either the
-previous file or the new one, never a mix. Orphan temporary files of killed writes are removed
-by the next write to the same folder.
+Every write goes through :func:`pruninglib.atomic.atomic_write` (temporary file, fsync, one
+``os.replace``, fsync of the folder): a killed write leaves either the previous file or the new
+one, never a mix, and its orphan temporary file is removed by the next write to the folder.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; an open file cannot be deleted there anyway
-    fcntl = None  # type: ignore[assignment]
+from pruninglib.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["atomic_write_bytes", "sha256_file", "save_checkpoint", "load_checkpoint",
            "save_pruned", "load_pruned", "CheckpointError", "ChecksumError", "InterruptedWriteError"]
@@ -52,7 +45,6 @@ MAGIC = b"PRUNINGLIB-CHECKPOINT/2\n"
 _HEADER_RE = re.compile(rb"size=(\d{20}) sha256=([0-9a-f]{64})\ncheck=([0-9a-f]{16})\n")
 _CHECK_LEN = len(b"check=") + 16 + 1
 HEADER_LEN = len(MAGIC) + len(b"size=") + 20 + len(b" sha256=") + 64 + 1 + _CHECK_LEN
-_ORPHAN_RE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # ours, and those of pruninglib < 2 (mkstemp)
 _REGENERATE = "delete it and rerun the step that saved it (or copy it again from where it came from)"
 _PRUNED_FORMAT = "pruninglib.pruned/1"
 
@@ -95,110 +87,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # ------------------------------------------------------------------ atomic writes
 
 
-def _lock(fd: int, blocking: bool) -> bool | None:
-    """Take an exclusive advisory lock: True taken, False held by a live writer, None unsupported."""
-    if fcntl is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:  # e.g. a file system without locks
-        return None
-
-
-def _remove_orphans(folder: Path) -> None:
-    """Delete the temporary files of killed writes in ``folder``; a locked one (a write in progress) stays."""
-    with os.scandir(folder) as it:
-        names = [e.name for e in it if _ORPHAN_RE.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
-    for name in names:
-        if fcntl is None:  # Windows refuses to delete a file its writer still has open
-            _unlink_quietly(folder / name)
-            continue
-        try:
-            fd = os.open(folder / name, os.O_RDONLY)
-        except OSError:  # renamed by its writer meanwhile, or not ours to read
-            continue
-        try:
-            if _lock(fd, blocking=False):  # False: a live writer holds it; None: cannot tell, keep it
-                _unlink_quietly(folder / name)
-        finally:
-            os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:  # removed meanwhile, or in use
-        pass
-
-
-def _create_tmp(path: Path) -> tuple[int, Path]:
-    """A new, locked temporary file beside ``path``, mode ``0o666`` less the umask."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-        _lock(fd, blocking=True)
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
-                return fd, tmp
-        except FileNotFoundError:  # a cleaner took it for an orphan before it was locked
-            pass
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened or fsynced)."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES, errno.EPERM):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> Path:
-    """Write ``parts`` to ``path``: orphans out, temporary file, fsync, the one rename, fsync of the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(path.parent)
-    fd, tmp = _create_tmp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:  # closing releases the lock
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-            if os.name != "nt":  # Windows cannot rename an open file
-                os.replace(tmp, path)
-        if os.name == "nt":
-            os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    path.with_name(path.name + ".sha256").unlink(missing_ok=True)  # of the previous format, now stale
-    _fsync_folder(path.parent)
+    """:func:`pruninglib.atomic.atomic_write`, then drop a ``.sha256`` of the previous format (now stale)."""
+    atomic_write(path, parts)
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
     return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, ``os.replace``, fsync of the folder.
-
-    The bytes are written as they are (no header): readers of a killed write see the previous
-    file or the new one. The file gets mode ``0o666`` less the umask. Part of the checkpoint
-    and cache machinery (:func:`save_checkpoint` writes through it).
-
-    No lesson calls it directly (its tests do).
-    """
-    return _atomic_write(Path(path), [data])
 
 
 def _header(payload: bytes | memoryview) -> bytes:

@@ -46,7 +46,6 @@ import math
 import multiprocessing
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -60,6 +59,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pruninglib.run.record import flatten_records
+from pruninglib.atomic import atomic_write
 from pruninglib.tables import markdown_table
 
 __all__ = [
@@ -895,24 +895,8 @@ def _run_pool(tasks: list[_Task], jobs: int, progress: bool) -> list[RunResult]:
 
 
 def _write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync, ``os.replace`` it into place and
-    read it back: a reader sees the old file or the new one, never half of one."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if path.read_bytes() != raw:
-        raise OSError(f"{path} does not hold what was just written to it: check the disk and write again")
-    return path
+    """Write a report atomically and read it back (:func:`pruninglib.atomic.atomic_write`)."""
+    return atomic_write(path, [data.encode("utf-8") if isinstance(data, str) else data], verify=True)
 
 
 def _open_lock(out_dir: Path) -> int:
