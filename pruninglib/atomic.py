@@ -106,6 +106,8 @@ def atomic_write(path: str | os.PathLike, parts: Iterable[bytes | memoryview], v
 
     Raises:
         OSError: the write failed (the previous file is left as it was), or ``verify`` found other bytes.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
     path = Path(path)
     parts = list(parts)
@@ -136,5 +138,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
     The bytes are written as they are: readers of a killed write see the previous file or the
     new one. The file gets mode ``0o666`` less the umask. No lesson calls it directly (its tests do).
+
+    No lesson calls it directly (its tests do).
     """
     return atomic_write(path, [data])

@@ -59,6 +59,8 @@ class DatasetCorruptError(RuntimeError):
     folder without images. The message names the file or folder and the fix.
 
     No lesson calls it directly (its tests do).
+
+    No lesson calls it directly (its tests do).
     """
 
 

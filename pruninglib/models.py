@@ -256,12 +256,18 @@ class CifarResNet(nn.Module):
 
 
 def resnet20(**kw: Any) -> CifarResNet:
-    """CIFAR ResNet-20 (0.27 M parameters). No lesson calls it directly (its tests do)."""
+    """CIFAR ResNet-20 (0.27 M parameters). No lesson calls it directly (its tests do).
+
+    No lesson calls it directly (its tests do).
+    """
     return CifarResNet(depth=20, **kw)
 
 
 def resnet56(**kw: Any) -> CifarResNet:
-    """CIFAR ResNet-56 (0.85 M parameters). No lesson calls it directly (its tests do)."""
+    """CIFAR ResNet-56 (0.85 M parameters). No lesson calls it directly (its tests do).
+
+    No lesson calls it directly (its tests do).
+    """
     return CifarResNet(depth=56, **kw)
 
 

@@ -114,6 +114,8 @@ def list_units(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear")) ->
     """Every prunable unit as ``(layer name, channel index)``, in forward order.
 
     No lesson calls it directly (its tests do).
+
+    No lesson calls it directly (its tests do).
     """
     return [(pl.name, i) for pl in prunable_layers(model, kinds) for i in range(pl.num_units)]
 
@@ -135,7 +137,10 @@ def zero_units(model: nn.Module, units: Iterable[Unit]) -> None:
 
 @contextmanager
 def gated_units_masked(model: nn.Module, units: Iterable[Unit]) -> Iterator[None]:
-    """Temporarily zero ``units``; the gates are restored on exit. No lesson calls it directly (its tests do)."""
+    """Temporarily zero ``units``; the gates are restored on exit. No lesson calls it directly (its tests do).
+
+    No lesson calls it directly (its tests do).
+    """
     gates = get_gates(model)
     saved = {n: g.weight.detach().clone() for n, g in gates.items()}
     try:

@@ -771,6 +771,8 @@ def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
     Accuracies in %, mean (± std over seeds). The rows: :func:`results_rows`.
 
     No lesson calls it directly (its tests do).
+
+    No lesson calls it directly (its tests do).
     """
     rows, head = results_rows(results, dataset, paper, paper_keys)
     return markdown_table(rows, headers=head, fmt=str)

@@ -29,7 +29,10 @@ def parse_line(line: str) -> dict[str, tuple[float, str]]:
 
 
 def latest_timings(runs: Path = ROOT / "runs") -> dict[str, dict[str, tuple[float, str]]]:
-    """``{notebook stem: {mode: (seconds, run folder name)}}`` from the newest ok, un-gridded runs."""
+    """``{notebook stem: {mode: (seconds, run folder name)}}`` from the newest ok, un-gridded runs.
+
+    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
+    """
     out: dict[str, dict[str, tuple[float, str]]] = {}
     for summary in sorted(runs.glob("*/summary.json")):  # folder names sort by time stamp
         for r in json.loads(summary.read_text()):
@@ -41,7 +44,10 @@ def latest_timings(runs: Path = ROOT / "runs") -> dict[str, dict[str, tuple[floa
 
 
 def timing_line(t: dict[str, tuple[float, str]]) -> str:
-    """The Markdown line for one lesson's timings."""
+    """The Markdown line for one lesson's timings.
+
+    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
+    """
     parts = []
     for mode in ("quick", "laptop", "paper"):
         if mode in t:
@@ -53,7 +59,10 @@ def timing_line(t: dict[str, tuple[float, str]]) -> str:
 
 
 def update_notebooks(notebooks: Path = ROOT / "notebooks", runs: Path = ROOT / "runs") -> list[str]:
-    """Rewrite the timing line of every lesson that has one; return the stems changed."""
+    """Rewrite the timing line of every lesson that has one; return the stems changed.
+
+    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
+    """
     timings = latest_timings(runs)
     changed = []
     for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
@@ -74,6 +83,7 @@ def update_notebooks(notebooks: Path = ROOT / "notebooks", runs: Path = ROOT / "
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pruninglib.run.lesson_times``: rewrite every lesson's "Time on a 2-core CPU" line from runs/. Part of the batch runner."""
     ap = argparse.ArgumentParser(prog="python -m pruninglib.run.lesson_times", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
     ap.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")

@@ -17,7 +17,10 @@ MIME_TYPE = "application/vnd.pruninglib.run.record+json"
 
 
 def to_jsonable(value: Any) -> Any:
-    """Turn tensors, NumPy scalars/arrays, tuples and dicts into JSON values."""
+    """Turn tensors, NumPy scalars/arrays, tuples and dicts into JSON values.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    """
     if hasattr(value, "detach"):  # torch tensor
         value = value.detach().cpu()
         return value.item() if value.numel() == 1 else value.tolist()
@@ -42,6 +45,8 @@ def record(name: str, value: Any, display_value: bool = True) -> None:
 
     Returns:
         ``None``, so a cell that ends with ``record(...)`` echoes nothing more.
+
+    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
     """
     value = to_jsonable(value)
     json.dumps(value)  # fail early on values the summary could not store
@@ -62,7 +67,10 @@ def record(name: str, value: Any, display_value: bool = True) -> None:
 
 
 def read_records(nb: Any) -> dict[str, Any]:
-    """Collect every recorded ``name -> value`` from an executed notebook (nbformat node or dict)."""
+    """Collect every recorded ``name -> value`` from an executed notebook (nbformat node or dict).
+
+    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
+    """
     out: dict[str, Any] = {}
     for cell in nb["cells"]:
         for o in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
@@ -88,6 +96,8 @@ def flatten_records(records: Mapping[str, Any], prefix: str = "") -> dict[str, A
     Returns:
         ``dotted name -> value`` in the order recorded; lists, strings and numbers are kept as
         they are, and an empty dict keeps its own name.
+
+    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     out: dict[str, Any] = {}
     for key, value in records.items():
