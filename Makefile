@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.browser-installed
 MODE   ?= quick
 
 # Where datasets are looked for (os.pathsep-separated). ../shared/data is the
@@ -12,7 +13,7 @@ export PRUNINGLIB_DATA
 # Batch runs (make run / make test) have no widget front end: explorers draw static figures.
 export PRUNINGLIB_STATIC ?= 1
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-browser bench clean
 
 install: $(STAMP)
 
@@ -27,6 +28,17 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# Lessons 00, 01 and 04 in JupyterLab in headless Chromium with live widgets (tests/browser/check_lessons.py).
+# Needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver); says so when
+# they are missing and fails. Screenshots in runs/browser/. BROWSER_ARGS="--lessons 04" checks one lesson.
+BROWSER_ARGS ?=
+test-browser: install $(BROWSER_STAMP)
+	$(PY) tests/browser/check_lessons.py $(BROWSER_ARGS)
+
+$(BROWSER_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[bench,browser]"
+	touch $(BROWSER_STAMP)
 
 bench: install
 	$(PY) -m bench

@@ -19,11 +19,34 @@ def _spec(req: str) -> str:
     return req.replace(" ", "").lower()
 
 
-def test_environment_yml_matches_pyproject():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+def _pip_section() -> list[str]:
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    assert {_name(d): _spec(d) for d in deps} == {_name(d): _spec(d) for d in pip}
+    return next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_environment_yml_matches_pyproject():
+    """environment.yml's pip section is pyproject's dependencies plus every optional extra
+    (bench, browser), with the same version ranges: a conda environment can do everything."""
+    project = _pyproject()
+    wanted = list(project["dependencies"])
+    for extra, reqs in sorted(project.get("optional-dependencies", {}).items()):
+        wanted += reqs
+    have = {_name(d): _spec(d) for d in _pip_section()}
+    want = {_name(d): _spec(d) for d in wanted}
+    missing = sorted(set(want) - set(have))
+    assert not missing, f"add {[want[n] for n in missing]} to environment.yml's pip section (they are in pyproject.toml)"
+    assert have == want, "environment.yml and pyproject.toml disagree; make them list the same ranges"
+
+
+def test_the_selenium_driver_is_an_extra():
+    """`make test-browser` installs the `browser` extra; it must bring the Selenium driver."""
+    extras = _pyproject().get("optional-dependencies", {})
+    assert "selenium" in {_name(r) for r in extras.get("browser", [])}, \
+        "add selenium to [project.optional-dependencies] browser in pyproject.toml"
 
 
 #: Where the course machines keep the wheels pip installs from (pip's find-links and file indexes).
