@@ -114,3 +114,15 @@ def test_papermill_sees_every_parameter(path):
     cell = next(c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", []))
     assigned = [t.id for n in ast.parse(_src(cell)).body if isinstance(n, ast.Assign) for t in n.targets]
     assert list(papermill.inspect_notebook(str(path))) == assigned, f"{path.name}: reword the comment (no '=' in it)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_in_the_form_jupyterlab_writes(path):
+    """Opening a lesson in JupyterLab must not mark it modified: the file is what JupyterLab would save
+    (nbformat.writes, the kernel's language_info; `python -m pruninglib.run.tidy` makes it so). The Python
+    version inside language_info is the course machine's; another interpreter's differs there only."""
+    from pruninglib.run.tidy import kernel_language_info, tidy_text
+
+    text = path.read_text(encoding="utf-8")
+    info = dict(kernel_language_info(), version=json.loads(text)["metadata"].get("language_info", {}).get("version"))
+    assert tidy_text(text, info) == text, f"{path.name}: run `python -m pruninglib.run.tidy`"

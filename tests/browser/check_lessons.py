@@ -92,6 +92,7 @@ def check_notebook(driver: Any, server: LabServer, name: str, out: Path, timeout
     t0 = time.monotonic()
     try:
         lab_page.open_notebook(driver, server.url, server.token, name, KERNEL, timeout=180)
+        res.defects += lab_page.opened_modified(driver)
         lab_page.run_all(driver, timeout)
         res.defects += lab_page.check_page(driver)
         states, moved = lab_page.move_sliders(driver, slider_timeout)

@@ -114,6 +114,15 @@ def open_notebook(driver: Any, url: str, token: str, name: str, kernel: str, tim
     driver.execute_script("window.jupyterapp.commands.execute('application:toggle-left-area');")
 
 
+def opened_modified(driver: Any) -> list[Defect]:
+    """A notebook that JupyterLab marks modified as soon as it is opened (before anything ran) is not
+    committed in the form JupyterLab writes (nbformat minor version, cell ids, metadata)."""
+    _settle(driver, timeout=20.0)
+    dirty = driver.execute_script(PANEL + "return panel && panel.context && panel.context.model.dirty;")
+    return [Defect(-1, "marked modified on opening", "JupyterLab changed the notebook before anything ran: commit it "
+                   "in the form JupyterLab writes (nbformat.writes of the file)")] if dirty else []
+
+
 def run_all(driver: Any, timeout: float) -> float:
     """Run all cells (Run > Run All Cells) and wait until they finished and the kernel is idle;
     the seconds it took."""
