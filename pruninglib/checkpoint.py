@@ -76,8 +76,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     Not called by the lessons; kept for users and the previous format's ``.sha256`` side files.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -59,8 +59,6 @@ class DatasetCorruptError(RuntimeError):
     folder without images. The message names the file or folder and the fix.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
 
 

@@ -114,8 +114,6 @@ def list_units(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear")) ->
     """Every prunable unit as ``(layer name, channel index)``, in forward order.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     return [(pl.name, i) for pl in prunable_layers(model, kinds) for i in range(pl.num_units)]
 

@@ -85,8 +85,6 @@ def activation_mean(model: nn.Module, batches: Iterable, loss_fn: Any = None,
     r"""Mean activation :math:`\Theta_{MA}` (Molchanov et al. 2017, Sec. 2.2).
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     return activation_statistics(model, batches, kinds)["mean"]
 
@@ -95,8 +93,6 @@ def activation_mean(model: nn.Module, batches: Iterable, loss_fn: Any = None,
 def activation_std(model: nn.Module, batches: Iterable, loss_fn: Any = None,
                    kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
     r"""Standard deviation of the activation :math:`\Theta_{std}` (Molchanov et al. 2017, Sec. 2.2).
-
-    No lesson calls it directly (its tests do).
 
     No lesson calls it directly (its tests do).
     """
@@ -108,8 +104,6 @@ def activation_apoz(model: nn.Module, batches: Iterable, loss_fn: Any = None,
                     kinds: tuple[str, ...] = ("conv", "linear"), **_: Any) -> Scores:
     r""":math:`1 - \mathrm{APoZ}` (Hu et al. 2016; a baseline of Molchanov et al. 2017): the fraction of
     non-zero outputs after the nonlinearity (higher = keep).
-
-    No lesson calls it directly (its tests do).
 
     No lesson calls it directly (its tests do).
     """

@@ -73,8 +73,6 @@ def obd_weight_scores(theta: torch.Tensor, curv: torch.Tensor, spec: ParamSpec) 
     """OBD saliencies as ``{parameter name: tensor shaped like the parameter}``.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     return {k: v.clone() for k, v in spec.unflatten(obd_saliency(theta, curv)).items()}
 

@@ -105,8 +105,6 @@ def sherman_morrison_remove(H_inv: torch.Tensor, q: int, inplace: bool = False) 
     left after deleting ``q`` (row and column ``q`` become zero). ``H_inv`` must be symmetric.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     out = H_inv if inplace else H_inv.clone()
     col = out[:, q].clone()

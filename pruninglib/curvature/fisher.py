@@ -80,8 +80,6 @@ def empirical_fisher_diag(model: nn.Module, batches: Batches | tuple[torch.Tenso
     r"""Only the diagonal :math:`\frac1N\sum_n g_n^2` (``[P]``): what OBD needs, for any model size.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     d, n = torch.zeros(spec.numel, dtype=dtype, device=device), 0

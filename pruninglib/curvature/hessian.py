@@ -51,8 +51,6 @@ def loss_at(model: nn.Module, batches: Batches | tuple[torch.Tensor, torch.Tenso
     """Mean loss over all samples of ``batches`` at ``theta`` (default: the model's weights).
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     flat, spec, device = setup_flat(model, params, theta, dtype)
     f = flat_loss_fn(model, spec, loss_fn, dtype)

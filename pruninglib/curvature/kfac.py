@@ -192,8 +192,6 @@ def kfac_diag(factors: dict[str, KFACFactors], spec: ParamSpec) -> torch.Tensor:
     r"""Only the diagonal, :math:`\mathrm{diag}(G)\otimes\mathrm{diag}(A)` per layer (``[P]``), for OBD.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     parts = {}
     for f in factors.values():

@@ -214,27 +214,24 @@ class Experiment:
 #: ResNet-56 unpruned mean and Scratch-E/B means against Table 1; the VGG-16-A and VGG-19 rows and the
 #: other ResNet-56 values were transcribed by hand and could not be checked (neither table is in the
 #: sources the project could search).
+def _paper_row(model: str, pruned: str, unpruned: tuple[float, float], finetune: tuple[float, float],
+               scratch_e: tuple[float, float], scratch_b: tuple[float, float], source: str) -> dict[str, Any]:
+    return {"dataset": "CIFAR-10", "model": model, "pruned": pruned, "unpruned": unpruned, "finetune": finetune,
+            "scratch_e": scratch_e, "scratch_b": scratch_b, "source": source}
+
+
+_RESNET56_SOURCE = ("Liu et al. 2019, Table 1 (the means {}; the fine-tuned mean and every std: "
+                    "source not checked)")
+_BY_HAND = "(source not checked: transcribed by hand, the table is not in the project's sources)"
 PAPER_RESULTS: dict[str, dict[str, Any]] = {
-    "vgg16_a": {"dataset": "CIFAR-10", "model": "VGG-16", "pruned": "VGG-16-A",
-                "unpruned": (93.63, 0.16), "finetune": (93.41, 0.12),
-                "scratch_e": (93.62, 0.11), "scratch_b": (93.78, 0.15),
-                "source": "Liu et al. 2019, Table 1 (source not checked: transcribed by hand, the table is not "
-                          "in the project's sources)"},
-    "resnet56_a": {"dataset": "CIFAR-10", "model": "ResNet-56", "pruned": "ResNet-56-A",
-                   "unpruned": (93.14, 0.12), "finetune": (92.97, 0.17),
-                   "scratch_e": (92.96, 0.26), "scratch_b": (93.09, 0.14),
-                   "source": "Liu et al. 2019, Table 1 (the means 93.14, 92.96, 93.09; the fine-tuned mean and "
-                             "every std: source not checked)"},
-    "resnet56_b": {"dataset": "CIFAR-10", "model": "ResNet-56", "pruned": "ResNet-56-B",
-                   "unpruned": (93.14, 0.12), "finetune": (92.67, 0.14),
-                   "scratch_e": (92.54, 0.19), "scratch_b": (93.05, 0.18),
-                   "source": "Liu et al. 2019, Table 1 (the means 93.14, 92.54, 93.05; the fine-tuned mean and "
-                             "every std: source not checked)"},
-    "vgg19_slim": {"dataset": "CIFAR-10", "model": "VGG-19", "pruned": "70% channels",
-                   "unpruned": (93.53, 0.16), "finetune": (93.60, 0.16),
-                   "scratch_e": (93.30, 0.11), "scratch_b": (93.81, 0.14),
-                   "source": "Liu et al. 2019, Table 4 (source not checked: transcribed by hand, the table is not "
-                             "in the project's sources)"},
+    "vgg16_a": _paper_row("VGG-16", "VGG-16-A", (93.63, 0.16), (93.41, 0.12), (93.62, 0.11), (93.78, 0.15),
+                          f"Liu et al. 2019, Table 1 {_BY_HAND}"),
+    "resnet56_a": _paper_row("ResNet-56", "ResNet-56-A", (93.14, 0.12), (92.97, 0.17), (92.96, 0.26), (93.09, 0.14),
+                             _RESNET56_SOURCE.format("93.14, 92.96, 93.09")),
+    "resnet56_b": _paper_row("ResNet-56", "ResNet-56-B", (93.14, 0.12), (92.67, 0.14), (92.54, 0.19), (93.05, 0.18),
+                             _RESNET56_SOURCE.format("93.14, 92.54, 93.05")),
+    "vgg19_slim": _paper_row("VGG-19", "70% channels", (93.53, 0.16), (93.60, 0.16), (93.30, 0.11), (93.81, 0.14),
+                             f"Liu et al. 2019, Table 4 {_BY_HAND}"),
 }
 
 
@@ -769,8 +766,6 @@ def results_table(results: Sequence[Mapping[str, Any]], dataset: str,
     (+ Uniform-E when run). Each of our experiments gets a row "ours (n seeds)" and, when
     ``paper`` has its key (``paper_keys`` maps our name to the paper's), a row "paper".
     Accuracies in %, mean (± std over seeds). The rows: :func:`results_rows`.
-
-    No lesson calls it directly (its tests do).
 
     No lesson calls it directly (its tests do).
     """

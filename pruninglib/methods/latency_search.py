@@ -254,8 +254,6 @@ def time_module(module: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: in
     undisturbed time (interruptions only ever add time).
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")

@@ -260,8 +260,6 @@ def lasso_channel_mask(gram: np.ndarray, q: np.ndarray, penalty: float, min_keep
         ``(mask, beta)``: a boolean tensor over channels and the coefficients.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     c = len(q)
     min_keep = _check_n_keep(min_keep, c, "lasso_channel_mask")

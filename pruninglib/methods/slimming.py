@@ -85,8 +85,6 @@ def bn_l1_penalty(model: nn.Module, scope: str = "prunable") -> torch.Tensor:
     """:math:`\\sum_{\\gamma} |\\gamma|`, the penalty of Eq. (1) (for logging; training uses the hook).
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     return sum(bn.weight.abs().sum() for bn in _bn_modules(model, scope))
 

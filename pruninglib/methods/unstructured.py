@@ -107,8 +107,6 @@ def remove_masks(model: nn.Module) -> nn.Module:
     """Make the pruning permanent (``weight`` becomes a plain parameter with zeros), in place.
 
     No lesson calls it directly (its tests do).
-
-    No lesson calls it directly (its tests do).
     """
     for _, m in model.named_modules():
         if is_masked(m):
