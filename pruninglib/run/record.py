@@ -96,8 +96,6 @@ def flatten_records(records: Mapping[str, Any], prefix: str = "") -> dict[str, A
     Returns:
         ``dotted name -> value`` in the order recorded; lists, strings and numbers are kept as
         they are, and an empty dict keeps its own name.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     out: dict[str, Any] = {}
     for key, value in records.items():

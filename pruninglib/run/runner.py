@@ -119,8 +119,6 @@ class RunResult:
         html_path: the HTML export, when asked for.
         combo: the grid combination of this run (empty without a grid).
         failed_source: the source of the failing (or interrupted) cell, when known.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
 
     notebook: str
@@ -170,15 +168,11 @@ class RunRefused(ValueError):
     Part of the batch runner: unknown mode or parameter, ``-p MODE``, a parameter that a
     selected notebook does not declare, no notebook selected, an output folder that cannot
     be written.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
 
 
 class OutputFolderBusy(RuntimeError):
     """Another batch run holds the output folder; the message names its PID. Part of the batch runner.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
 
 
@@ -189,8 +183,6 @@ class RunInterrupted(KeyboardInterrupt):
         results: one :class:`RunResult` per execution (``interrupted`` / ``not started`` included).
         out_dir: the run folder holding ``summary.md`` and ``summary.json``.
         signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
 
     def __init__(self, results: list[RunResult], out_dir: Path, signal_name: str) -> None:
@@ -210,8 +202,6 @@ def discover_notebooks(notebooks_dir: str | Path | None = None, solutions: bool 
 
     Returns:
         The notebook paths, sorted by file name.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     folder = Path(notebooks_dir) if notebooks_dir is not None else ROOT / "notebooks"
     found = sorted(folder.glob(_LESSON_GLOB))
@@ -245,8 +235,6 @@ def select_notebooks(notebooks: Sequence[Path], only: str | Iterable[str] | None
     Raises:
         ValueError: a selector matches no notebook, or ``only`` names none (``","``, ``""``);
             the message lists the valid ones.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     if only is None:
         return list(notebooks)
@@ -289,8 +277,6 @@ def notebook_parameters(path: str | Path) -> dict[str, str]:
     Returns:
         ``name -> default value source`` for every top-level assignment, in order
         (empty when the notebook has no cell tagged ``parameters``).
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     with open(path, encoding="utf-8") as fh:
         nb = json.load(fh)
@@ -331,8 +317,6 @@ def parse_value(text: str) -> Any:
 
     Returns:
         ``ast.literal_eval(text)``, or ``text`` itself when that fails.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     try:
         return ast.literal_eval(text)
@@ -351,8 +335,6 @@ def parse_grid(specs: Iterable[str]) -> dict[str, list[Any]]:
 
     Raises:
         ValueError: a specification has no ``=``, no name or no values.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     grid: dict[str, list[Any]] = {}
     for spec in specs:
@@ -369,8 +351,6 @@ def default_kernel() -> str:
     """``"pruning"`` when that Jupyter kernel is installed (``make install``), else ``"python3"``.
 
     Part of the batch runner.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     try:
         from jupyter_client.kernelspec import KernelSpecManager
@@ -1048,8 +1028,6 @@ def run_notebooks(
         OutputFolderBusy: another run is writing to ``out``.
         RunInterrupted: SIGINT/SIGTERM stopped the run; the summaries are written, and the
             exception holds the results.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     os.environ.setdefault("PRUNINGLIB_STATIC", "1")  # no widget front end in a batch run
     notebooks = [Path(nb).resolve() for nb in notebooks]
@@ -1163,8 +1141,6 @@ def write_summary(results: Sequence[RunResult], out_dir: str | Path, mode: str |
 
     Returns:
         The path of ``summary.md``.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1254,8 +1230,6 @@ def write_grid(results: Sequence[RunResult], out_dir: str | Path, grid_keys: Seq
 
     Returns:
         The paths written.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     out_dir = Path(out_dir)
     keys, header, rows = _grid_rows(results, grid_keys)
@@ -1315,8 +1289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 when every notebook ran, 1 when any failed, 2 for a bad command line (nothing ran),
         130 (:data:`INTERRUPTED_EXIT`) when SIGINT or SIGTERM stopped the run.
-
-    Part of the batch runner (``python -m pruninglib.run``); no lesson calls it.
     """
     parser = _build_parser()
     try:
