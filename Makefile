@@ -19,7 +19,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m pip install --quiet -e ".[deploy,llm]"
 	$(PY) -m ipykernel install --sys-prefix --name pruning --display-name "Python (pruning)" >/dev/null
 	touch $(STAMP)
 
@@ -37,7 +37,7 @@ test-browser: install $(BROWSER_STAMP)
 	$(PY) tests/browser/check_lessons.py $(BROWSER_ARGS)
 
 $(BROWSER_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[bench,browser]"
+	$(PY) -m pip install --quiet -e ".[deploy,llm,browser]"
 	touch $(BROWSER_STAMP)
 
 bench: install

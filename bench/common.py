@@ -56,7 +56,7 @@ __all__ = [
 BENCH_DIR: Path = Path(__file__).resolve().parent
 
 #: What to tell a user who lacks the optional peer.
-TP_INSTALL_HINT = 'Torch-Pruning is not installed: skipped. Install it with `pip install -e ".[bench]"`.'
+TP_INSTALL_HINT = 'Torch-Pruning is not installed: skipped. Install it with `pip install -e .` (a regular dependency).'
 
 
 # ------------------------------------------------------------------------- formatting

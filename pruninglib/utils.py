@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["set_seed", "get_device", "describe_device", "make_generator", "choose_mode", "setup", "close_bar", "MODES"]
+__all__ = ["set_seed", "get_device", "describe_device", "make_generator", "choose_mode", "setup", "smoke_settings", "is_smoke",
+           "close_bar", "MODES"]
 
 
 def set_seed(seed: int = 0, deterministic: bool = True) -> None:
@@ -100,8 +101,39 @@ def choose_mode(mode: str, settings: dict[str, dict]) -> dict:
     return dict(settings[mode])
 
 
+def smoke_settings(mode: str, modes: dict[str, dict]) -> dict:
+    """Paper mode's settings with the ``"smoke"`` overrides on top (``--smoke``, issue 18).
+
+    A smoke run executes paper mode's *code path* -- the same models, schedules and code -- with
+    every loop capped and every dataset cut to a few examples, so a paper run cannot fail on a
+    typo after hours on a GPU. A lesson lists its caps under ``modes["smoke"]``: only loop counts,
+    epochs, batch counts and dataset sizes belong there, never a model or a method. Used by
+    :func:`setup` in every lesson.
+
+    Raises:
+        ValueError: ``mode`` is not ``"paper"``, or the lesson has no ``"smoke"`` caps.
+    """
+    if mode != "paper":
+        raise ValueError(f"SMOKE = True runs paper mode's code path with capped loops: set MODE = \"paper\" "
+                         f"(python -m pruninglib.run --smoke does), got MODE = {mode!r}")
+    if "smoke" not in modes or "paper" not in modes:
+        raise ValueError("SMOKE = True needs the lesson's modes to have \"paper\" settings and \"smoke\" caps")
+    unknown = sorted(set(modes["smoke"]) - set(modes["paper"]))
+    if unknown:
+        raise ValueError(f"smoke caps may only override paper settings; not in paper mode: {unknown}")
+    return {**modes["paper"], **modes["smoke"], "smoke": True}
+
+
+def is_smoke() -> bool:
+    """Whether this process runs a smoke run (``setup(..., smoke=True)`` sets ``PRUNINGLIB_SMOKE=1``).
+
+    Library code reads it to label what it prints and saves as a smoke result. Used in every lesson.
+    """
+    return os.environ.get("PRUNINGLIB_SMOKE", "") == "1"
+
+
 def setup(mode: str, seed: int = 0, threads: int | None = None, modes: dict[str, dict] | None = None,
-          show_data: bool = True) -> dict:
+          show_data: bool = True, smoke: bool = False) -> dict:
     """What every lesson does first: pick the mode's settings, set threads and seeds, choose the
     device, and print a banner (version, mode, seed, device, and the datasets found on the search
     path). Used in every lesson's first code cell.
@@ -114,15 +146,27 @@ def setup(mode: str, seed: int = 0, threads: int | None = None, modes: dict[str,
         modes: ``{"quick": {...}, "laptop": {...}, "paper": {...}}`` settings per mode
             (:func:`choose_mode`). A ``"device"`` setting forces a device for that mode.
         show_data: also list the datasets found in each folder of the search path.
+        smoke: the lesson's ``SMOKE`` parameter: paper mode's code path with the lesson's
+            ``modes["smoke"]`` caps (:func:`smoke_settings`); the banner says so.
 
     Returns:
-        The mode's settings (a new dict) with ``"device"`` set to the chosen ``torch.device``.
+        The mode's settings (a new dict) with ``"device"`` set to the chosen ``torch.device``
+        and ``"smoke"`` (True in a smoke run, else False).
 
     Raises:
-        ValueError: an unknown mode, or a non-positive ``threads``.
+        ValueError: an unknown mode, a non-positive ``threads``, or ``smoke`` outside paper mode.
         TypeError: a non-integer ``seed`` or ``threads``.
     """
-    cfg = choose_mode(mode, modes if modes is not None else {m: {} for m in MODES})
+    modes = modes if modes is not None else {m: {} for m in MODES}
+    if not isinstance(smoke, bool):
+        raise TypeError(f"SMOKE must be True or False, got {smoke!r}")
+    if smoke:
+        cfg = smoke_settings(mode, modes)
+        os.environ["PRUNINGLIB_SMOKE"] = "1"
+    else:
+        cfg = choose_mode(mode, {m: v for m, v in modes.items() if m != "smoke"})
+        cfg["smoke"] = False
+        os.environ.pop("PRUNINGLIB_SMOKE", None)
     threads = threads if threads is not None else cfg.get("threads")
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
@@ -135,7 +179,8 @@ def setup(mode: str, seed: int = 0, threads: int | None = None, modes: dict[str,
     cfg["device"] = device
     from pruninglib import __version__
 
-    print(f"pruninglib {__version__} | mode: {mode} | seed: {seed} | {describe_device(device)}")
+    shown = "paper (SMOKE: paper code path, loops capped, a few examples; not results)" if smoke else mode
+    print(f"pruninglib {__version__} | mode: {shown} | seed: {seed} | {describe_device(device)}")
     if show_data:
         from pruninglib import data
 

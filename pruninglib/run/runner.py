@@ -1252,7 +1252,10 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="python -m pruninglib.run",
         description="Execute the lesson notebooks with papermill and summarise their recorded numbers.",
     )
-    p.add_argument("--mode", default="quick", choices=MODES, help="run size injected as MODE (default: quick)")
+    p.add_argument("--mode", default=None, choices=MODES, help="run size injected as MODE (default: quick)")
+    p.add_argument("--smoke", action="store_true",
+                   help="run paper mode's code path with every loop capped and a few examples (injects "
+                        "MODE='paper', SMOKE=True): checks a paper run before it costs GPU hours")
     p.add_argument("--only", metavar="01,03", help="comma-separated prefixes or stems of the notebooks to run")
     p.add_argument(
         "-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -1298,9 +1301,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be >= 1 (got {args.jobs})", file=sys.stderr)
         return 2
+    if args.smoke and args.mode not in (None, "paper"):
+        print(f"error: --smoke runs paper mode's code path; drop --mode {args.mode} (or say --mode paper)",
+              file=sys.stderr)
+        return 2
+    args.mode = "paper" if args.smoke else (args.mode or "quick")
     try:
         selected = _select(args)
         params = {name: parse_value(value) for name, value in args.param}
+        if args.smoke:
+            if "SMOKE" in params:
+                raise ValueError("--smoke sets SMOKE; do not also pass -p SMOKE")
+            params["SMOKE"] = True
         grid = parse_grid(args.grid)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
