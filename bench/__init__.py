@@ -33,11 +33,14 @@ class SectionInfo:
 SECTIONS: tuple[SectionInfo, ...] = (
     SectionInfo("speedup", "1. Real speed-up against the limit (VGG16, ResNet-56)", True),
     SectionInfo("vgg16_speed", "1b. VGG16 latency and size ratios (lesson 04)", False),
+    SectionInfo("deploy_speed", "1c. Deployed pruned networks: rounding, BN folding, channels_last, compile, ONNX Runtime",
+                False),
     SectionInfo("peers", "2. Peers on the same work: torch.nn.utils.prune and Torch-Pruning", True),
     SectionInfo("criterion_cost", "3. Criterion cost: one scoring pass against one training pass", False),
     SectionInfo("oracle_speed", "4. The oracle", False),
     SectionInfo("hessian_scaling", "5. Exact Hessian and OBS", False),
     SectionInfo("collection", "6. The whole collection: notebook wall times", True),
+    SectionInfo("dask_sweep", "7. A sweep on 2 Dask workers against serially (lesson 00 grid)", False),
 )
 
 #: Short names accepted by ``--only``.
@@ -49,4 +52,6 @@ ALIASES: dict[str, str] = {
     "criteria": "criterion_cost",
     "vgg16": "vgg16_speed",
     "notebooks": "collection",
+    "deploy": "deploy_speed",
+    "dask": "dask_sweep",
 }

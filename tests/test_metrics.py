@@ -44,3 +44,32 @@ def test_measure_latency_cpu_clock_runs_on_one_thread_and_refuses_bad_settings()
         metrics.measure_latency(m, torch.randn(2, 8), clock="cpu", threads=2)
     with pytest.raises(ValueError, match="clock must be"):
         metrics.measure_latency(m, torch.randn(2, 8), clock="gpu")
+
+
+def test_compare_latency_says_when_a_difference_is_within_the_spread():
+    """Scripted clock: 'b' takes 10, 11, 12 units (reference 'a' 10, 12, 14: overlapping -> within the
+    spread, not slower); 'c' takes 20 every time (its fastest run beats nothing: a real slow-down)."""
+    from pruninglib.core.metrics import compare_latency
+
+    durations = {"a": iter([10, 12, 14]), "b": iter([11, 12, 10]), "c": iter([20, 20, 20])}
+    clock = {"t": 0.0}
+    current = {"k": None}
+
+    class M(torch.nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.k = k
+
+        def forward(self, x):
+            clock["t"] += next(durations[self.k])
+            return x
+
+    def timer():
+        return clock["t"]
+
+    rows = compare_latency({k: M(k) for k in "abc"}, torch.zeros(1), rounds=3, warmup=0, timer=timer)
+    by = {r["label"]: r for r in rows}
+    assert by["a"]["speedup"] == 1.0 and by["a"]["within_spread"]
+    assert by["b"]["median_ms"] == 11e3 and by["b"]["within_spread"] and not by["b"]["slower"]
+    assert abs(by["b"]["speedup"] - 12 / 11) < 1e-12
+    assert by["c"]["slower"] and not by["c"]["within_spread"] and by["c"]["speedup"] == 12 / 20

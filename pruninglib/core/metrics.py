@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["count_parameters", "count_macs", "size_on_disk", "measure_latency", "time_runs", "LatencyResult",
-           "interleaved_latency", "cpu_latency", "measure_model", "layer_times", "part_shares"]
+           "interleaved_latency", "compare_latency", "cpu_latency", "measure_model", "layer_times", "part_shares"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -224,6 +224,39 @@ def interleaved_latency(models: Mapping[str, nn.Module], example: torch.Tensor, 
     device = "cpu (thread CPU time)" if clock == "cpu" else str(example.device)
     return {k: LatencyResult(statistics.median(v), min(v), max(v), len(v), int(example.shape[0]), n_threads, device)
             for k, v in times.items()}
+
+
+def compare_latency(models: Mapping[str, nn.Module], example: torch.Tensor, reference: str | None = None,
+                    rounds: int = 5, repeats: int = 1, warmup: int = 1, threads: int | None = None,
+                    clock: str = "wall", timer: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+    """Time ``models`` interleaved (:func:`interleaved_latency`) and compare each with ``reference``.
+
+    A speed-up is only a result when the two spreads do not overlap: with medians of few runs on a
+    shared machine, a pruned network can look a few percent slower (or faster) than the one it came
+    from by chance. Each row says so (``within_spread``), so that a lesson prints "no measurable
+    difference" instead of a false "0.97x". Used in lesson 04.
+
+    Args:
+        models: ``label -> model`` on ``example``'s device, in the order to report.
+        example: the input batch.
+        reference: the label the speed-ups are taken against (default: the first).
+        rounds, repeats, warmup, threads, clock, timer: as in :func:`interleaved_latency`.
+
+    Returns:
+        One dict per model: ``label``, ``median_ms``, ``min_ms``, ``max_ms``, ``speedup`` (reference
+        median / this median), ``within_spread`` (the [min, max] ranges overlap the reference's),
+        ``slower`` (its fastest run is slower than the reference's slowest: a real slow-down).
+    """
+    lat = interleaved_latency(models, example, rounds=rounds, repeats=repeats, warmup=warmup, threads=threads,
+                              clock=clock, timer=timer)
+    ref = lat[reference or next(iter(models))]
+    rows = []
+    for k, r in lat.items():
+        overlap = r.min_s <= ref.max_s and ref.min_s <= r.max_s
+        rows.append({"label": k, "median_ms": r.median_s * 1e3, "min_ms": r.min_s * 1e3, "max_ms": r.max_s * 1e3,
+                     "speedup": ref.median_s / r.median_s, "within_spread": overlap,
+                     "slower": r.min_s > ref.max_s})
+    return rows
 
 
 def _on(model: nn.Module, device: torch.device) -> nn.Module:
