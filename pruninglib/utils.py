@@ -41,6 +41,10 @@ def set_seed(seed: int = 0, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        # Paper mode on a GPU trades determinism for speed (pruninglib.accel); elsewhere a no-op.
+        from pruninglib import accel
+
+        accel.apply_backends()
 
 
 def make_generator(seed: int = 0) -> torch.Generator:
@@ -135,8 +139,9 @@ def is_smoke() -> bool:
 def setup(mode: str, seed: int = 0, threads: int | None = None, modes: dict[str, dict] | None = None,
           show_data: bool = True, smoke: bool = False) -> dict:
     """What every lesson does first: pick the mode's settings, set threads and seeds, choose the
-    device, and print a banner (version, mode, seed, device, and the datasets found on the search
-    path). Used in every lesson's first code cell.
+    device, set the run's GPU switches (:func:`pruninglib.accel.configure`: on in paper mode on a
+    GPU only), and print a banner (version, mode, seed, device, the GPU switches, and the datasets
+    found on the search path). Used in every lesson's first code cell.
 
     Args:
         mode: the lesson's ``MODE`` parameter (``"quick"``, ``"laptop"`` or ``"paper"``).
@@ -177,16 +182,19 @@ def setup(mode: str, seed: int = 0, threads: int | None = None, modes: dict[str,
     set_seed(seed)
     device = get_device(cfg.get("device"))
     cfg["device"] = device
-    from pruninglib import __version__
+    from pruninglib import __version__, accel
 
+    policy = accel.configure(mode, device)  # the GPU switches of this run: on in paper mode on a GPU only
     shown = "paper (SMOKE: paper code path, loops capped, a few examples; not results)" if smoke else mode
     print(f"pruninglib {__version__} | mode: {shown} | seed: {seed} | {describe_device(device)}")
+    print(policy.describe())
     if show_data:
         from pruninglib import data
 
         print("data search path:")
         for p in data.search_path():
-            found = [n for n, spec in data.DATASETS.items() if spec.present(p)]
+            found = [n + (" (stand-in)" if spec.folder and (p / spec.folder / data.STANDIN_MARKER).exists() else "")
+                     for n, spec in data.DATASETS.items() if spec.present(p)]
             print(f"  {p.resolve()}  ->  {', '.join(found) or 'nothing'}")
     return cfg
 
