@@ -8,6 +8,8 @@
 * :class:`CifarResNet` – CIFAR ResNet-20/56 with basic blocks and option-A shortcuts (He et al. 2016).
 * :func:`vgg16_transfer` – torchvision VGG16 with the Cats-vs-Dogs classifier of Gildenblat's
   "Pruning deep neural networks to make them fast and small".
+* :class:`CharGPT` – a small character-level GPT (pre-LayerNorm blocks of causal self-attention and
+  a GELU MLP; nanoGPT's ``shakespeare_char`` sizes), lesson 09.
 
 Every model built by :func:`build_model` remembers its constructor call in ``model.pl_config``
 so :mod:`pruninglib.checkpoint` can rebuild it after pruning.
@@ -363,3 +365,90 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     model = MODELS[name](**kwargs)
     model.pl_config = {"name": name, "kwargs": dict(kwargs)}
     return model
+
+
+# ---------------------------------------------------------------------------- lesson 09: a character GPT
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (Vaswani et al. 2017, Sec. 3.2; GPT-2's layout: one
+    ``qkv`` Linear, one output ``proj``). Used in lesson 09."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} must be a multiple of n_head={n_head}")
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class GPTBlock(nn.Module):
+    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))`` with a
+    GELU MLP of width ``4 * n_embd`` (GPT-2; Radford et al. 2019). Used in lesson 09."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.fc = nn.Linear(n_embd, 4 * n_embd)
+        self.proj = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class CharGPT(nn.Module):
+    """A small character-level GPT in the spirit of nanoGPT's ``shakespeare_char`` (token and
+    learned position embeddings, ``n_layer`` pre-LN blocks, a final LayerNorm, a Linear head).
+
+    Args:
+        vocab_size: number of distinct characters.
+        block_size: context length.
+        n_layer, n_head, n_embd: depth, heads and width.
+
+    ``forward(idx)`` maps ``(B, T)`` character ids to ``(B, T, vocab_size)`` logits; the blocks
+    are ``model.blocks`` (an ``nn.ModuleList``) and can be replaced by ``nn.Identity()``.
+    Used in lesson 09.
+    """
+
+    def __init__(self, vocab_size: int = 65, block_size: int = 64, n_layer: int = 4, n_head: int = 4,
+                 n_embd: int = 128) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.tok = nn.Embedding(vocab_size, n_embd)
+        self.pos = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.ModuleList(GPTBlock(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The residual stream entering block 0."""
+        if idx.shape[1] > self.block_size:
+            raise ValueError(f"sequence of {idx.shape[1]} characters is longer than the context {self.block_size}")
+        return self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.ln_f(x))
+
+
+MODELS["char_gpt"] = CharGPT
+__all__ += ["CharGPT", "GPTBlock", "CausalSelfAttention"]

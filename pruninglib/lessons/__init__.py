@@ -7,5 +7,6 @@
 - :mod:`~pruninglib.lessons.correlation`: lesson 03, rank correlations of criteria with the oracle;
 - :mod:`~pruninglib.lessons.transfer`: lesson 04, VGG16 transfer learning and iterative pruning;
 - :mod:`~pruninglib.lessons.rethinking`: lesson 05, fine-tuning vs training from scratch;
-- :mod:`~pruninglib.lessons.channel_selection`: lesson 06, its data split, transforms and record names.
+- :mod:`~pruninglib.lessons.channel_selection`: lesson 06, its data split, transforms and record names;
+- :mod:`~pruninglib.lessons.transformers`: lesson 09, the char GPT, sequential calibration, Block Influence, OPT loaders.
 """
