@@ -288,7 +288,10 @@ def _load_vgg16_imagenet() -> tuple[dict[str, torch.Tensor] | None, str]:
     fname = os.path.basename(weights.url)
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
     if os.path.exists(cached):
-        return torch.load(cached, map_location="cpu", weights_only=True), f"ImageNet weights from {cached}"
+        # tests/standins marks its random weights with VGG16's keys and shapes (smoke runs, issue 18)
+        standin = os.path.exists(os.path.join(os.path.dirname(cached), "PRUNINGLIB-STAND-IN"))
+        what = "STAND-IN weights (random, tests/standins; not ImageNet)" if standin else "ImageNet weights"
+        return torch.load(cached, map_location="cpu", weights_only=True), f"{what} from {cached}"
     if os.environ.get("PRUNINGLIB_OFFLINE"):
         return None, (f"PRUNINGLIB_OFFLINE is set and {cached} does not exist; "
                       "put VGG16_Weights.IMAGENET1K_V1 there or unset PRUNINGLIB_OFFLINE to download it")
@@ -324,7 +327,9 @@ def vgg16_transfer(num_classes: int = 2, pretrained: bool | str = "auto",
         sd, msg = _load_vgg16_imagenet()
         if sd is not None:
             model.load_state_dict(sd)
-            status, loaded = "ImageNet-pretrained backbone", True
+            status = ("stand-in backbone (random test weights, not ImageNet)" if "STAND-IN" in msg
+                      else "ImageNet-pretrained backbone")
+            loaded = True
         elif pretrained == "required":
             raise PretrainedWeightsUnavailable(msg)
         else:
@@ -452,3 +457,18 @@ class CharGPT(nn.Module):
 
 MODELS["char_gpt"] = CharGPT
 __all__ += ["CharGPT", "GPTBlock", "CausalSelfAttention"]
+
+
+def _lesson08(name: str) -> Callable[..., nn.Module]:
+    """A lazy entry for lesson 08's torchvision adapters, so that :mod:`pruninglib.checkpoint` can
+    rebuild them in a process that never imported :mod:`pruninglib.lessons.any_architecture`."""
+    def build(**kw: Any) -> nn.Module:
+        import importlib
+
+        return getattr(importlib.import_module("pruninglib.lessons.any_architecture"), name)(**kw)
+    build.__name__ = name
+    return build
+
+
+MODELS.setdefault("tv_resnet18", _lesson08("tv_resnet18"))
+MODELS.setdefault("tv_mobilenet_v2", _lesson08("tv_mobilenet_v2"))

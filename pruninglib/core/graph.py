@@ -27,8 +27,17 @@ __all__ = ["PrunableLayer", "prunable_layers", "leaf_layers", "UnsupportedModelE
 class UnsupportedModelError(TypeError):
     """The model or one of its layers is outside what the surgery knows how to cut.
 
-    Used in lessons 00, 01, 02, 03, 04, 05 and 06.
+    The message names the way to prune such a model anyway: :mod:`pruninglib.groups` (Torch-Pruning's
+    dependency groups), taught in lesson 08.
+
+    Used in lessons 00, 01, 02, 03, 04, 05, 06 and 08.
     """
+
+
+#: The end of every UnsupportedModelError message: how to prune the model anyway.
+GROUPS_FIX = ("To prune residual, depthwise, concatenating or other non-chain models, use pruninglib.groups "
+              "(find_groups(model, example) -> score_groups -> prune_groups, Torch-Pruning's dependency groups), "
+              "taught in lesson 08 (notebooks/08_any_architecture.ipynb).")
 
 
 @dataclass
@@ -130,13 +139,13 @@ def _check_layer(name: str, m: nn.Module) -> None:
     if isinstance(m, nn.Conv2d) and m.groups != 1:
         raise UnsupportedModelError(
             f"layer {name!r} is a grouped/depthwise Conv2d (groups={m.groups}); the surgery supports "
-            "groups=1 only. Exclude it from pruning or add a prunable_groups() method to the model.")
+            "groups=1 only. Exclude it from pruning or add a prunable_groups() method to the model. " + GROUPS_FIX)
     own_params = [p for n, p in m.named_parameters(recurse=False)]
     if isinstance(m, (nn.ConvTranspose2d, nn.Conv1d, nn.Conv3d)) or (
             own_params and not isinstance(m, _SUPPORTED_WEIGHTED)):
         raise UnsupportedModelError(
             f"layer {name!r} ({type(m).__name__}) is not supported by the surgery; only Conv2d, "
-            "Linear and BatchNorm are. Exclude it or add a prunable_groups() method to the model.")
+            "Linear and BatchNorm are. Exclude it or add a prunable_groups() method to the model. " + GROUPS_FIX)
 
 
 def prunable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear")) -> list[PrunableLayer]:
@@ -165,8 +174,7 @@ def prunable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear"
                     f"{type(model).__name__} is not a plain chain: its child {found[0]!r} "
                     f"({type(found[1]).__name__}) has a forward of its own (a residual add, a branch, ...), "
                     "so the layer after a producer is not necessarily its consumer. Give the model a "
-                    "prunable_groups() method returning (producer, batchnorm-or-None, consumer) names, or "
-                    "prune it with Torch-Pruning's DependencyGraph, which traces such couplings.")
+                    "prunable_groups() method returning (producer, batchnorm-or-None, consumer) names. " + GROUPS_FIX)
         leaves = leaf_layers(model)
         for n, m in leaves:
             _check_layer(n, m)
@@ -190,5 +198,5 @@ def prunable_layers(model: nn.Module, kinds: tuple[str, ...] = ("conv", "linear"
         raise UnsupportedModelError(
             f"{type(model).__name__} is neither a plain chain of layers nor has a prunable_groups() "
             "method. Use a pruninglib model, an nn.Sequential, or give the model a "
-            "prunable_groups() method returning (producer, batchnorm-or-None, consumer) names.")
+            "prunable_groups() method returning (producer, batchnorm-or-None, consumer) names. " + GROUPS_FIX)
     return [p for p in out if p.kind in kinds]
