@@ -35,6 +35,7 @@ SECTIONS: tuple[SectionInfo, ...] = (
     SectionInfo("vgg16_speed", "1b. VGG16 latency and size ratios (lesson 04)", False),
     SectionInfo("deploy_speed", "1c. Deployed pruned networks: rounding, BN folding, channels_last, compile, ONNX Runtime",
                 False),
+    SectionInfo("resnet_time", "1d. Where ResNet-56's time goes, unpruned and pruned (why 1c misses its target)", False),
     SectionInfo("peers", "2. Peers on the same work: torch.nn.utils.prune and Torch-Pruning", True),
     SectionInfo("criterion_cost", "3. Criterion cost: one scoring pass against one training pass", False),
     SectionInfo("oracle_speed", "4. The oracle", False),

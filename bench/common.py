@@ -290,6 +290,7 @@ class Section:
         status: ``"ok"``, ``"not available"`` or ``"FAILED"``.
         seconds: wall seconds the benchmark took.
         cpu_s: CPU seconds it took.
+        measured: when it ran (ISO date; shown in its footer, so a merged file says which run is whose).
     """
 
     key: str
@@ -299,6 +300,7 @@ class Section:
     status: str = "ok"
     seconds: float = 0.0
     cpu_s: float = 0.0
+    measured: str = ""
 
 
 def _plain(v: Any) -> Any:

@@ -272,3 +272,23 @@ def test_bad_command_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--threads", "0", "--only", "peers"]) == 2
     assert [s.key for s in select_sections("hessian,speedup")] == ["speedup", "hessian_scaling"]
     assert main(["--list"]) == 0
+
+
+def test_merge_replaces_only_the_sections_run(tmp_path):
+    """``--only KEY --merge`` keeps every other section of an existing RESULTS.md, with its date."""
+    from bench.__main__ import merge_sections, read_sections, write_results
+    from bench.common import Section
+
+    old = [Section("speedup", SECTIONS[0].title, "old speed-up text", [], "ok", 1.0, 1.0, "2026-11-30"),
+           Section("peers", [s.title for s in SECTIONS if s.key == "peers"][0], "old peers text", ["peers.png"],
+                   "ok", 2.0, 2.0, "2026-11-30")]
+    env = {"date": "2026-11-30", "device": "cpu"}
+    write_results(old, tmp_path, env, False, [])
+    back = read_sections(tmp_path / "RESULTS.md")
+    assert [s.key for s in back.values()] == ["speedup", "peers"]
+    assert back["peers"].markdown == "old peers text" and back["peers"].figures == ["peers.png"]
+    assert back["speedup"].measured == "2026-11-30"
+    fresh = Section("peers", old[1].title, "new peers text", [], "ok", 3.0, 3.0, "2026-12-02")
+    merged = merge_sections(tmp_path / "RESULTS.md", [fresh])
+    assert [(s.key, s.markdown, s.measured) for s in merged] == [
+        ("speedup", "old speed-up text", "2026-11-30"), ("peers", "new peers text", "2026-12-02")]
