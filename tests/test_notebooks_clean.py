@@ -20,7 +20,7 @@ SOLUTIONS = [p for p in NOTEBOOKS if "solutions" in p.parts]
 #: The collection's lessons, in order; each has a solutions notebook.
 EXPECTED_LESSONS = ["00_tour", "01_obd_obs_hessian", "02_taylor_criteria", "03_oracle_correlation",
                     "04_cats_vs_dogs_vgg16", "05_rethinking", "06_channel_selection",
-                    "08_any_architecture", "09_transformers_sparsegpt"]
+                    "07_kfac_structured_eigendamage", "08_any_architecture", "09_transformers_sparsegpt"]
 HEADER_ITEMS = ("**Learning objectives.**", "**Prerequisites.**", "**Time on a 2-core CPU.**", "**Why this lesson.**")
 UNNUMBERED = {"Parameters", "What we saw", "Summary", "Exercises"}
 MAX_CELL_LINES = 30
