@@ -13,7 +13,7 @@ export PRUNINGLIB_DATA
 # Batch runs (make run / make test) have no widget front end: explorers draw static figures.
 export PRUNINGLIB_STATIC ?= 1
 
-.PHONY: install run test test-browser bench clean
+.PHONY: install run test test-paper test-browser bench gpu-check clean
 
 install: $(STAMP)
 
@@ -27,7 +27,16 @@ run: install
 	$(PY) -m pruninglib.run --mode $(MODE)
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
+
+# Every lesson's paper-mode code path (--smoke, stand-in data) and every resume kill test: longer than make test
+# allows on a 2-core CPU (tens of minutes); run it before spending GPU hours.
+test-paper: install
+	PRUNINGLIB_SLOW_TESTS=1 $(PY) -m pytest tests/test_paper_smoke.py tests/test_resume_lessons.py
+
+# The device check (bench/gpu_check.py): smoke runs on CUDA, throughput and latency ratios -> bench/GPU.md.
+gpu-check: install
+	$(PY) bench/gpu_check.py
 
 # Lessons 00, 01 and 04 in JupyterLab in headless Chromium with live widgets (tests/browser/check_lessons.py).
 # Needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver); says so when

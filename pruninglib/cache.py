@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 
 from pruninglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["cache_dir", "cache_key", "cached"]
+__all__ = ["cache_dir", "cache_key", "cached", "work_path"]
 
 T = TypeVar("T")
 
@@ -45,6 +45,17 @@ def cache_key(name: str, params: dict[str, Any]) -> str:
     blob = json.dumps({"name": name, "params": params, "version": __version__}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def work_path(name: str, params: dict[str, Any]) -> Path | None:
+    """Where the computation of ``cached(name, params, ...)`` keeps its in-progress checkpoint
+    (``<cache>/<name>-<key>.partial.pt``; :class:`pruninglib.checkpoint.Resumable`), so a killed run resumes
+    when the same command runs again; ``None`` when ``PRUNINGLIB_NO_CACHE`` is set (nothing is kept).
+    :func:`cached` removes it once the result is stored. Used in lessons 02, 03, 04 and 06.
+    """
+    if os.environ.get("PRUNINGLIB_NO_CACHE"):
+        return None
+    return cache_dir() / f"{name}-{cache_key(name, params)}.partial.pt"
 
 
 def cached(name: str, params: dict[str, Any], compute: Callable[[], T], verbose: bool = True) -> T:
@@ -71,6 +82,9 @@ def cached(name: str, params: dict[str, Any], compute: Callable[[], T], verbose:
             print(f"[cache] ignoring unreadable {path} ({type(e).__name__}: {e}); recomputing it")
     result = compute()
     save_checkpoint(result, path)
+    partial = work_path(name, params)
+    if partial is not None:
+        partial.unlink(missing_ok=True)  # the phase's in-progress checkpoint is no longer needed
     if verbose:
         print(f"[cache] stored {name} in {path}")
     return result

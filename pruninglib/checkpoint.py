@@ -39,7 +39,8 @@ import torch.nn as nn
 from pruninglib.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["atomic_write_bytes", "sha256_file", "save_checkpoint", "load_checkpoint",
-           "save_pruned", "load_pruned", "CheckpointError", "ChecksumError", "InterruptedWriteError"]
+           "save_pruned", "load_pruned", "CheckpointError", "ChecksumError", "InterruptedWriteError",
+           "Resumable", "fit_resumable", "capture_rng", "restore_rng", "RESUME_FORMAT", "KILL_AFTER_SAVES_ENV"]
 
 MAGIC = b"PRUNINGLIB-CHECKPOINT/2\n"
 _HEADER_RE = re.compile(rb"size=(\d{20}) sha256=([0-9a-f]{64})\ncheck=([0-9a-f]{16})\n")
@@ -228,7 +229,8 @@ def _shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
     for n, m in model.named_modules():
         kind = _kind(m)
         if kind == "Conv2d":
-            out[n] = {"kind": kind, "in": m.in_channels, "out": m.out_channels}
+            # groups: a pruned depthwise conv (MobileNetV2, lesson 08) changes it with its widths
+            out[n] = {"kind": kind, "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
         elif kind == "Linear":
             out[n] = {"kind": kind, "in": m.in_features, "out": m.out_features}
         elif kind is not None:
@@ -271,7 +273,7 @@ def _shape_mismatches(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> li
         have = built.get(name)
         there = type(named[name]).__name__ if name in named else "nothing"
         same_kind = have is not None and shape.get("kind", have["kind"]) == have["kind"]
-        if not same_kind or shape.keys() - {"kind"} != have.keys() - {"kind"}:  # type: ignore[union-attr]
+        if not same_kind or shape.keys() - {"kind", "groups"} != have.keys() - {"kind", "groups"}:  # type: ignore[union-attr]
             stored = shape.get("kind", "layer with " + "/".join(sorted(shape)))
             out.append(f"{name} is a {stored} in the file but {there} in the config's model")
     return out + [f"{n} ({s['kind']}) is in the config's model but not in the file"
@@ -330,6 +332,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, extra: dict | None = 
 def _resize(m: nn.Module, shape: dict[str, int]) -> None:
     if isinstance(m, nn.Conv2d):
         m.in_channels, m.out_channels = shape["in"], shape["out"]
+        m.groups = shape.get("groups", m.groups)  # files written before groups were stored keep the built value
         m.weight = nn.Parameter(m.weight.new_empty((shape["out"], shape["in"] // m.groups, *m.kernel_size)))
         if m.bias is not None:
             m.bias = nn.Parameter(m.bias.new_empty(shape["out"]))
@@ -386,3 +389,165 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
         p.requires_grad_(trainable.get(n, True))
     model.pl_extra = payload.get("extra", {})
     return model
+
+
+# ------------------------------------------------------------------ resumable loops
+
+RESUME_FORMAT = "pruninglib.resume/1"
+#: Test hook (issue 18): with ``PRUNINGLIB_TEST_KILL_AFTER_SAVES=N`` the process SIGKILLs itself right after
+#: the N-th :meth:`Resumable.save`, as a power cut or ``kill -9`` in the middle of a long phase would.
+KILL_AFTER_SAVES_ENV = "PRUNINGLIB_TEST_KILL_AFTER_SAVES"
+_saves_done = 0
+
+
+def capture_rng(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random state a training loop reads: torch's (CPU and CUDA), NumPy's, Python's, and ``generator``'s
+    (a DataLoader's shuffling generator). Used by :class:`Resumable` (lessons 02, 03, 04 and 06)."""
+    import random
+
+    import numpy as np
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Put back what :func:`capture_rng` captured. Used by :class:`Resumable` (lessons 02, 03, 04 and 06)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"].cpu())
+
+
+class Resumable:
+    """A long loop that checkpoints after every unit of work (an epoch, an iteration) and resumes where it stopped.
+
+    The generalisation of lesson 05's :func:`pruninglib.lessons.rethinking.train_resumable`: after unit ``k``
+    the state of every object given (``model=``, ``optimizer=``, ``scheduler=``: anything with ``state_dict``
+    and ``load_state_dict``), every random state (:func:`capture_rng`, the loader's shuffling generator
+    included), the units done and the loop's history go into one :func:`save_checkpoint` file (atomic, checksum
+    in the header). Run again with the same settings, :meth:`resume` restores all of it, so the loop continues
+    with exactly the state it had: on the CPU the result is bit-identical to an uninterrupted run. A checkpoint
+    written with other settings (``signature``) or for a model of other shapes is refused with a message that
+    names the fix. Used in lessons 02, 03, 04 and 06 (:func:`fit_resumable`).
+
+    Args:
+        path: the checkpoint file (``None``: no checkpointing; :meth:`resume` starts from 0).
+        signature: everything the loop's result depends on (JSON-like); compared on resume.
+        **objects: the stateful objects to save and restore.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, signature: dict[str, Any], **objects: Any) -> None:
+        self.path = Path(path) if path is not None else None
+        self.signature = {k: (list(v) if isinstance(v, tuple) else v) for k, v in signature.items()}
+        self.objects = {k: v for k, v in objects.items() if v is not None}
+
+    def resume(self, generator: torch.Generator | None = None) -> tuple[int, list]:
+        """``(units done, history)`` from the checkpoint, every object and random state restored; ``(0, [])``
+        when there is none.
+
+        Raises:
+            ValueError: the checkpoint was written with another signature or for other shapes.
+            CheckpointError: the file is corrupt or incomplete (see :func:`load_checkpoint`).
+        """
+        if self.path is None or not self.path.exists():
+            return 0, []
+        device = "cpu"
+        model = self.objects.get("model")
+        if isinstance(model, nn.Module):
+            p = next(model.parameters(), None)
+            device = p.device if p is not None else "cpu"
+        state = load_checkpoint(self.path, map_location=device)
+        if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+            raise ValueError(f"{self.path} is not a pruninglib resume checkpoint; delete it to start the phase afresh")
+        if state.get("signature") != self.signature:
+            raise ValueError(f"checkpoint {self.path} was written with other settings ({state.get('signature')} "
+                             f"instead of {self.signature}); delete it to start this phase afresh")
+        for name, obj in self.objects.items():
+            if name not in state["objects"]:
+                raise ValueError(f"checkpoint {self.path} holds no state for {name!r}; delete it to start afresh")
+            if isinstance(obj, nn.Module):
+                problems = _weight_mismatches(obj, state["objects"][name])
+                _refuse(problems, f"checkpoint {self.path} holds a {name} of other layers or widths",
+                        "Delete it (or rerun with the settings that wrote it)")
+            obj.load_state_dict(state["objects"][name])
+        restore_rng(state["rng"], generator)
+        return int(state["done"]), list(state["history"])
+
+    def save(self, done: int, history: list, generator: torch.Generator | None = None) -> None:
+        """Checkpoint after ``done`` units (atomically: a kill during the write leaves the previous checkpoint)."""
+        global _saves_done
+        if self.path is None:
+            return
+        save_checkpoint({"format": RESUME_FORMAT, "signature": self.signature, "done": int(done),
+                         "history": list(history), "rng": capture_rng(generator),
+                         "objects": {k: v.state_dict() for k, v in self.objects.items()}}, self.path)
+        _saves_done += 1
+        limit = os.environ.get(KILL_AFTER_SAVES_ENV)
+        if limit and _saves_done >= int(limit):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def clear(self) -> None:
+        """Remove the checkpoint (the phase's result is stored elsewhere now)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def fit_resumable(model: nn.Module, train_loader: Any, epochs: int, ckpt_path: str | os.PathLike | None = None,
+                  signature: dict[str, Any] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                  scheduler: Any | None = None, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
+                  on_epoch_end: Any | None = None, **fit_kwargs: Any) -> list[dict[str, float]]:
+    """:func:`pruninglib.train.fit` with a checkpoint after every epoch, resumed where it stopped (:class:`Resumable`).
+
+    Runs ``fit`` one epoch at a time -- the same calls in the same order as one ``fit(model, loader, epochs)``,
+    so the numbers are the same -- and after each epoch saves the model, the optimizer, the scheduler, the
+    random states (the loader's generator included) and the history to ``ckpt_path``. Called again with the
+    same arguments after a kill, it continues from the last finished epoch; on the CPU the final weights are
+    bit-identical to an uninterrupted run. ``ckpt_path=None`` is plain ``fit``.
+
+    Args:
+        model, train_loader, epochs, optimizer, scheduler, lr, momentum, weight_decay, on_epoch_end,
+            **fit_kwargs: as for :func:`pruninglib.train.fit` (the optimizer is made the same way when ``None``).
+        ckpt_path: the checkpoint file (e.g. :func:`pruninglib.cache.work_path`); removed by the caller when done.
+        signature: what the result depends on, checked on resume (``epochs`` is added).
+
+    Returns:
+        The history, one dict per epoch (``epoch`` counts from 1 over the whole run).
+
+    Used in lessons 02, 03, 04 and 06.
+    """
+    from pruninglib.train import fit
+
+    if optimizer is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if ckpt_path is None:
+        return fit(model, train_loader, epochs, optimizer=optimizer, scheduler=scheduler, on_epoch_end=on_epoch_end,
+                   **fit_kwargs)
+    generator = getattr(train_loader, "generator", None)
+    state = Resumable(ckpt_path, {**(signature or {}), "epochs": int(epochs)}, model=model, optimizer=optimizer,
+                      scheduler=scheduler)
+    start, history = state.resume(generator)
+    if start:
+        print(f"[resume] {Path(ckpt_path).name}: continuing after epoch {start} of {epochs}")
+    for epoch in range(start, epochs):
+        row = fit(model, train_loader, 1, optimizer=optimizer, scheduler=scheduler, **fit_kwargs)[0]
+        row["epoch"] = epoch + 1
+        history.append(row)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        state.save(epoch + 1, history, generator)
+    return history

@@ -259,3 +259,21 @@ def test_the_unsupported_model_error_points_to_lesson_08():
         prunable_layers(torchvision.models.resnet18())
     with pytest.raises(UnsupportedModelError, match="pruninglib.groups"):
         prunable_layers(nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1)))
+
+
+def test_a_pruned_mobilenet_v2_round_trips_through_the_checkpoint(tmp_path):
+    """Pruned depthwise convs change ``groups`` with their widths: the checkpoint stores it."""
+    torch.manual_seed(0)
+    model = _randomise_bn(build_model("tv_mobilenet_v2", width_mult=0.35, stem_stride=2))
+    x = torch.randn(2, 1, 28, 28)
+    mg = G.find_groups(model, x[:1])
+    gs = G.score_groups(mg, G.unit_scores(mg, "l1"))
+    G.prune_groups(mg, G.lowest_channels(gs, {g: 0.5 for g in gs}))
+    dw = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert dw and all(m.groups == m.in_channels == m.out_channels for m in dw)
+    save_pruned(model, tmp_path / "mnv2.pt")
+    back = load_pruned(tmp_path / "mnv2.pt").eval()
+    assert [m.groups for m in back.modules() if isinstance(m, nn.Conv2d)] == \
+        [m.groups for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model.eval()(x), rtol=0, atol=1e-5)

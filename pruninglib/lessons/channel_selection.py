@@ -15,14 +15,16 @@ Used in lesson 06.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 import torchvision.transforms as T
 
 from pruninglib.data import DATASET_STATS
 
-__all__ = ["GATE_TAYLOR_PREFERENCE", "transforms_for", "split_train_holdout", "find_gate_taylor", "record_slug"]
+__all__ = ["GATE_TAYLOR_PREFERENCE", "transforms_for", "split_train_holdout", "find_gate_taylor", "record_slug",
+           "paper_phases"]
 
 #: Names under which another lesson may register Molchanov et al. 2019's gate criterion, most preferred first.
 GATE_TAYLOR_PREFERENCE: tuple[str, ...] = ("taylor_fo", "taylor_gate", "taylor_2019", "taylor_fo_bn")
@@ -102,3 +104,41 @@ def record_slug(label: str) -> str:
     (and none at the ends): ``"reconstructed + FT"`` -> ``"reconstructed_ft"``. Used in lesson 06 to
     name its records after the rows and columns of its tables."""
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def paper_phases(settings: dict, macs_budget: float, n_finetunes: int = 18, device: Any = None,
+                 n_train: int = 50_000) -> list:
+    """Lesson 06's long steps at paper settings as :class:`pruninglib.estimate.Phase` units, for the time
+    estimate printed before a paper run (issue 18): the VGG's training, every fine-tune (``n_finetunes`` of
+    them: each method's pruned and refitted networks and each allocation's, at ``macs_budget`` of the MACs),
+    NetAdapt's held-out evaluations (two searches of ``netadapt_steps`` steps, one proposal per conv layer
+    each) and Sparse Structure Selection's ResNet training; the training set is CIFAR-10's ``n_train`` images
+    less ``n_hold`` per class. Timed on 8 images on a CPU (:func:`pruninglib.estimate.timing_batch`).
+    Used in lesson 06.
+    """
+    from pruninglib.core.metrics import count_macs
+    from pruninglib.estimate import Phase, forward_step, sgd_step, timing_batch, training_flops
+    from pruninglib.models import build_model
+
+    b = int(settings["batch"])
+    n = (n_train - 10 * settings["n_hold"]) if settings["n_train"] is None else 10 * settings["n_train"]
+    steps = -(-n // b)
+    vgg = build_model("cifar_vgg", cfg=settings["vgg"], in_channels=3, num_classes=10, width=settings["width"])
+    res = build_model("cifar_resnet", depth=settings["res_depth"], in_channels=3, num_classes=10,
+                      widths=list(settings["res_widths"]))
+    convs = sum(1 for m in vgg.modules() if isinstance(m, torch.nn.Conv2d))
+    bt, ft = timing_batch(b, device), timing_batch(500, device)
+    vm, rm = count_macs(vgg, (1, 3, 32, 32)), count_macs(res, (1, 3, 32, 32))
+    evals = 2 * settings["netadapt_steps"] * convs * settings["netadapt_eval_images"]
+    return [
+        Phase(f"CIFAR VGG SGD step, batch {b} (training, and fine-tunes at {macs_budget:.0%} of its cost)",
+              sgd_step(vgg, (bt, 3, 32, 32), 10, device),
+              steps * (settings["epochs"] + macs_budget * n_finetunes * settings["ft_epochs"]), training_flops(vm, b),
+              per_call=bt / b),
+        Phase("CIFAR VGG forward pass, 500 images (NetAdapt's held-out accuracy)",
+              forward_step(vgg.to(device or "cpu"), (ft, 3, 32, 32), device), evals / 500, 2.0 * vm * 500,
+              per_call=ft / 500),
+        Phase(f"ResNet-{settings['res_depth']} SGD step, batch {b} (Sparse Structure Selection)",
+              sgd_step(res, (bt, 3, 32, 32), 10, device), steps * settings["sss_epochs"], training_flops(rm, b),
+              per_call=bt / b),
+    ]

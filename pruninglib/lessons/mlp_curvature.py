@@ -32,7 +32,7 @@ from pruninglib.data import load_dataset, subset_per_class
 
 __all__ = ["Features7x7", "downsample_7x7", "fashion_mnist_7x7", "split_batches", "rank_agreement",
            "sparsity_sweep", "sweep_table", "sweep_rows", "max_sparsity_within", "curvature_comparison",
-           "removal_path"]
+           "removal_path", "paper_phases"]
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -218,3 +218,53 @@ def removal_path(theta: torch.Tensor, groups: Sequence[torch.Tensor], scores: to
         th[groups[j]] = 0.0
         path.append(th)
     return path
+
+
+def paper_phases(settings: Mapping[str, Any], device: torch.device | str | None = None,
+                 n_train: int = 60_000, hessian_slice: int = 256) -> list:
+    """The long steps of lesson 01 at paper settings, as :class:`pruninglib.estimate.Phase` units on random
+    7x7 images (the MLP at the paper's width), for the time estimate printed before a paper run (issue 18):
+    the L-BFGS iterations (loss and gradient over the full batch in slices of ``settings["batch"]`` images,
+    one evaluation per iteration), the exact Hessian plus Gauss-Newton/Fisher (about two Hessians' work,
+    timed on ``hessian_slice`` images), and the losses of every single-weight deletion (OBD's and OBS's, so
+    twice; timed for 128 deletions), the dense linear algebra on the P x P matrices (eigendecompositions,
+    inverses) and iterative OBS's rank-1 updates. The counts scale to the ``n_train`` images of the full training split.
+    Used in lesson 01.
+    """
+    from pruninglib.curvature.hessian import exact_hessian, gradient
+    from pruninglib.curvature.params import flatten_params
+    from pruninglib.estimate import Phase
+    from pruninglib.models import MLP
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    net = MLP(49, (int(settings["hidden"]),), 10, activation="tanh").double().to(dev)
+    b = int(settings["batch"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 49, generator=g, dtype=torch.float64).to(dev)
+    y = torch.randint(0, 10, (b,), generator=g).to(dev)
+    theta, _ = flatten_params(net)
+    theta = theta.to(dev)
+    n_weights = sum(p.numel() for n, p in net.named_parameters() if n.endswith("weight"))
+    thetas = theta.repeat(min(n_weights, 128), 1)  # timed on 128 deleted networks, counted for all of them
+    h = min(hessian_slice, b)
+    P = theta.numel()
+    m = max(P // 4, 1)  # the O(P^3) decompositions are timed at a quarter of the size, scaled by 4^3
+    A = torch.randn(m, m, generator=g, dtype=torch.float64).to(dev)
+    small = A @ A.T / m + torch.eye(m, dtype=torch.float64, device=dev)
+    spd = torch.eye(P, dtype=torch.float64, device=dev)
+    u = torch.randn(P, generator=g, dtype=torch.float64).to(dev)
+
+    def downdate() -> None:  # one OBS step: a rank-1 (Sherman-Morrison) update of the P x P inverse
+        spd.sub_(torch.outer(u, u), alpha=1e-9)
+    return [
+        Phase(f"L-BFGS iteration: loss and gradient on {b} images", lambda: gradient(net, [(x, y)]),
+              settings["lbfgs_iter"] * n_train / b),
+        Phase(f"exact {theta.numel()}x{theta.numel()} Hessian on {h} images", lambda: exact_hessian(net, [(x[:h], y[:h])]),
+              2 * n_train / h, warmup=0, repeats=1),
+        Phase(f"losses of {len(thetas)} single-weight deletions on {b} images",
+              lambda: losses_at(net, [(x, y)], thetas), 2 * (n_train / b) * n_weights / len(thetas), warmup=0, repeats=1),
+        Phase(f"{m}x{m} eigendecomposition, x{(P / m) ** 3:.0f} for {P}x{P} (spectrum, inverses, comparisons: ~10)",
+              lambda: torch.linalg.eigvalsh(small), 10 * (P / m) ** 3, warmup=0, repeats=1),
+        Phase(f"rank-1 update of the {P}x{P} inverse (iterative OBS: 90 % of the weights, then the units)",
+              downdate, 0.9 * n_weights + int(settings["hidden"]) ** 2, warmup=1, repeats=3),
+    ]

@@ -50,7 +50,7 @@ __all__ = [
     "scratch_b_epochs", "lr_milestones", "training_cost", "train_resumable", "fresh_like",
     "run_experiment", "summarize", "results_table", "paper_experiments", "cifar10_transforms",
     "mean_std", "arm_accuracies", "dataset_fingerprint", "results_rows", "ARM_LABELS", "VERDICT_WORDS",
-    "plot_arm_bars", "training_budget_rows", "spread_verdict", "verdict_lines",
+    "plot_arm_bars", "training_budget_rows", "spread_verdict", "verdict_lines", "paper_phases",
 ]
 
 #: The arms of the comparison, in the paper's column order (``uniform_e`` is Sec. 5's baseline).
@@ -931,3 +931,36 @@ def paper_experiments(in_channels: int = 3, num_classes: int = 10,
         else:
             raise ValueError(f"unknown paper experiment {name!r}")
     return exps
+
+
+def paper_phases(experiments: Sequence[Experiment], protocol: Protocol, n_seeds: int, n_train: int = 50_000,
+                 device: torch.device | None = None, extra_runs: Mapping[str, float] | None = None) -> list:
+    """Lesson 05's training at paper settings as :class:`pruninglib.estimate.Phase` units, for the time
+    estimate printed before a paper run (issue 18): one phase per experiment, an SGD step of its large model
+    at the protocol's batch size, counted for every seed over the large model's :math:`E` epochs and every
+    arm (fine-tuning, Scratch-E, Scratch-B at :math:`E_B` epochs, Uniform-E), the pruned arms weighted by
+    the pruned model's share of the MACs (Li et al.'s predefined targets; Network Slimming's 70 % of
+    channels is counted at the large model's cost, an upper bound). ``extra_runs``: experiment name -> more
+    arm-epochs at full cost (the unstructured experiment reuses the large VGG-16). Timed on 8 images on a
+    CPU (:func:`pruninglib.estimate.timing_batch`). Used in lesson 05.
+    """
+    from pruninglib.estimate import Phase, sgd_step, timing_batch, training_flops
+
+    b, phases = protocol.batch_size, []
+    steps_per_epoch = -(-n_train // b)
+    bt = timing_batch(b, device)
+    for exp in experiments:
+        large = build_model(exp.model["name"], **exp.model["kwargs"])
+        macs = count_macs(large, exp.input_size)
+        share = 1.0
+        if exp.method == "l1":
+            share = count_macs(build_model(exp.target["name"], **exp.target["kwargs"]), exp.input_size) / macs
+        eb = scratch_b_epochs(protocol.epochs, 1.0, share, protocol.scratch_b_max_factor)
+        arm_epochs = {"finetune": protocol.finetune_epochs, "scratch_e": protocol.epochs, "scratch_b": eb,
+                      "uniform_e": protocol.epochs}
+        epochs = protocol.epochs + share * sum(arm_epochs[a] for a in exp.arms)
+        epochs += (extra_runs or {}).get(exp.name, 0.0)
+        phases.append(Phase(f"{exp.label} SGD step, batch {b} ({exp.name}: {n_seeds} seeds)",
+                            sgd_step(large, (bt, *exp.input_size[1:]), 10, device), n_seeds * epochs * steps_per_epoch,
+                            training_flops(macs, b), per_call=bt / b))
+    return phases

@@ -36,6 +36,7 @@ The helpers here keep the notebook short and are unit-tested (``tests/test_trans
 from __future__ import annotations
 
 import copy
+import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -54,12 +55,17 @@ from pruninglib.train import fit, make_loader
 __all__ = [
     "transfer_head", "cache_features", "train_head", "unfreeze", "finetune",
     "conv_counts", "total_conv_filters", "rank_filters", "remove_lowest_filters", "prune_iteration",
-    "stage_record", "prune_finetune_loop", "speedup_rows", "predict",
+    "stage_record", "prune_finetune_loop", "speedup_rows", "predict", "paper_phases", "SMOKE_CAPS",
 ]
 
 
 # ----------------------------------------------------------------------------- transfer
 
+
+#: Lesson 04's ``--smoke`` caps (issue 18): paper mode (VGG16 at 224 px, 512 filters per iteration) with a few
+#: photos, two pruning iterations, one epoch per phase and the smallest timing loops.
+SMOKE_CAPS: dict[str, Any] = dict(n_train_per_class=4, n_test_per_class=6, head_epochs=1, iterations=2,
+                                  finetune_epochs=1, final_epochs=1, lat_repeats=1, throughput_batch=2)
 
 def _check_vgg_like(model: nn.Module) -> None:
     missing = [a for a in ("features", "avgpool", "classifier") if not hasattr(model, a)]
@@ -173,16 +179,26 @@ def unfreeze(model: nn.Module) -> nn.Module:
 
 def finetune(model: nn.Module, dataset: Dataset, epochs: int = 1, lr: float = 1e-3,
              momentum: float = 0.9, batch_size: int = 32, seed: int = 0,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, ckpt_path: str | os.PathLike | None = None,
+             signature: dict[str, Any] | None = None) -> list[dict]:
     """Fine-tune *all* layers after a pruning step (blog post: SGD, lr 1e-3, momentum 0.9).
 
-    A new optimiser is made for every call: after surgery the parameter tensors are new.
+    A new optimiser is made for every call: after surgery the parameter tensors are new. With
+    ``ckpt_path`` it checkpoints after every epoch (:func:`pruninglib.checkpoint.fit_resumable`): run again
+    after a kill, it continues where it stopped, and a finished fine-tune whose checkpoint is still there
+    just reloads its weights -- so rerunning the whole pruning loop replays only its (deterministic)
+    ranking and surgery up to the iteration that was interrupted.
 
     Used in lesson 04.
     """
+    from pruninglib.checkpoint import fit_resumable
+
     unfreeze(model)
     loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
-    return fit(model, loader, epochs, lr=lr, momentum=momentum, progress=progress)
+    sig = {**(signature or {}), "lr": lr, "momentum": momentum, "batch_size": batch_size, "seed": seed,
+           "n": len(dataset)}  # type: ignore[arg-type]
+    return fit_resumable(model, loader, epochs, ckpt_path=ckpt_path, signature=sig, lr=lr, momentum=momentum,
+                         progress=progress)
 
 
 # ------------------------------------------------------------------------------ pruning
@@ -487,3 +503,28 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Te
     return out
 
 
+
+
+def paper_phases(settings: Mapping[str, Any], device: torch.device | None = None, n_train: int = 2000) -> list:
+    """Lesson 04's long steps at paper settings as :class:`pruninglib.estimate.Phase` units, for the time
+    estimate printed before a paper run (issue 18). Every unit is an SGD step of the whole VGG16 transfer model
+    at ``settings["size"]`` px, counted at the unpruned cost (an upper bound: each pruning iteration makes the
+    network cheaper): the head's epochs (the frozen backbone runs every step: paper mode augments, so features
+    are not cached), one ranking pass per iteration (forward and backward), the fine-tuning epochs of every
+    iteration and the final fine-tuning, over the blog post's ``n_train`` = 2,000 photos. Timed on one image
+    on a CPU (:func:`pruninglib.estimate.timing_batch`). Used in lesson 04.
+    """
+    from pruninglib.core.metrics import count_macs
+    from pruninglib.estimate import Phase, sgd_step, timing_batch, training_flops
+    from pruninglib.models import vgg16_transfer
+
+    net = vgg16_transfer(pretrained=False, freeze_features=False)
+    side, b = int(settings["size"]), 32
+    bt = timing_batch(b, device, cpu_max=1)
+    steps_per_epoch = -(-n_train // b)
+    epochs = (settings["head_epochs"] + settings["iterations"] * (1 + settings["finetune_epochs"])
+              + settings["final_epochs"])
+    macs = count_macs(net, (1, 3, side, side))
+    return [Phase(f"VGG16 SGD step at {side} px, batch {b}", sgd_step(net, (bt, 3, side, side), 2, device),
+                  epochs * steps_per_epoch, training_flops(macs, b), per_call=bt / b, warmup=0 if bt < b else None,
+                  repeats=1 if bt < b else None)]

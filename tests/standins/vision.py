@@ -222,7 +222,7 @@ def write(root: Path) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     _write_mnist_like(root, "MNIST", n_train=30, n_test=10, seed=1)
     _write_mnist_like(root, "FashionMNIST", n_train=30, n_test=10, seed=2)
-    _write_cifar10(root, n_per_class_batch=2, n_test_per_class=4, seed=3)
+    _write_cifar10(root, n_per_class_batch=3, n_test_per_class=4, seed=3)
     _write_cifar100(root, n_train_per_class=2, n_test_per_class=1, seed=4)
     _write_cats_vs_dogs(root, n_train_per_class=6, n_test_per_class=6, seed=5)
     _write_oxford_pets(root, n_per_breed=3, seed=6)
