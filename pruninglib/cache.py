@@ -51,7 +51,7 @@ def work_path(name: str, params: dict[str, Any]) -> Path | None:
     """Where the computation of ``cached(name, params, ...)`` keeps its in-progress checkpoint
     (``<cache>/<name>-<key>.partial.pt``; :class:`pruninglib.checkpoint.Resumable`), so a killed run resumes
     when the same command runs again; ``None`` when ``PRUNINGLIB_NO_CACHE`` is set (nothing is kept).
-    :func:`cached` removes it once the result is stored. Used in lessons 02, 03, 04 and 06.
+    :func:`cached` removes it once the result is stored. Used in lessons 02, 03, 04, 06, 07 and 08.
     """
     if os.environ.get("PRUNINGLIB_NO_CACHE"):
         return None

@@ -440,7 +440,8 @@ class Resumable:
     in the header). Run again with the same settings, :meth:`resume` restores all of it, so the loop continues
     with exactly the state it had: on the CPU the result is bit-identical to an uninterrupted run. A checkpoint
     written with other settings (``signature``) or for a model of other shapes is refused with a message that
-    names the fix. Used in lessons 02, 03, 04 and 06 (:func:`fit_resumable`).
+    names the fix. Used in lessons 02, 03 (also the greedy loop of :func:`pruninglib.methods.schedule.greedy_prune`),
+    04, 06, 07 and 08 (:func:`fit_resumable`).
 
     Args:
         path: the checkpoint file (``None``: no checkpointing; :meth:`resume` starts from 0).
@@ -509,7 +510,8 @@ class Resumable:
 def fit_resumable(model: nn.Module, train_loader: Any, epochs: int, ckpt_path: str | os.PathLike | None = None,
                   signature: dict[str, Any] | None = None, optimizer: torch.optim.Optimizer | None = None,
                   scheduler: Any | None = None, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
-                  on_epoch_end: Any | None = None, **fit_kwargs: Any) -> list[dict[str, float]]:
+                  on_epoch_end: Any | None = None, extra_state: dict[str, Any] | None = None,
+                  **fit_kwargs: Any) -> list[dict[str, float]]:
     """:func:`pruninglib.train.fit` with a checkpoint after every epoch, resumed where it stopped (:class:`Resumable`).
 
     Runs ``fit`` one epoch at a time -- the same calls in the same order as one ``fit(model, loader, epochs)``,
@@ -523,11 +525,13 @@ def fit_resumable(model: nn.Module, train_loader: Any, epochs: int, ckpt_path: s
             **fit_kwargs: as for :func:`pruninglib.train.fit` (the optimizer is made the same way when ``None``).
         ckpt_path: the checkpoint file (e.g. :func:`pruninglib.cache.work_path`); removed by the caller when done.
         signature: what the result depends on, checked on resume (``epochs`` is added).
+        extra_state: more stateful objects saved and restored with the model, ``{name: object with state_dict}``
+            (e.g. lesson 06's APG optimizer of the block scales and its schedule).
 
     Returns:
         The history, one dict per epoch (``epoch`` counts from 1 over the whole run).
 
-    Used in lessons 02, 03, 04 and 06.
+    Used in lessons 02, 03, 04, 06, 07 and 08.
     """
     from pruninglib.train import fit
 
@@ -538,8 +542,12 @@ def fit_resumable(model: nn.Module, train_loader: Any, epochs: int, ckpt_path: s
         return fit(model, train_loader, epochs, optimizer=optimizer, scheduler=scheduler, on_epoch_end=on_epoch_end,
                    **fit_kwargs)
     generator = getattr(train_loader, "generator", None)
+    extra = dict(extra_state or {})
+    clash = {"model", "optimizer", "scheduler"} & set(extra)
+    if clash:
+        raise ValueError(f"extra_state may not use the names {sorted(clash)}: they are fit_resumable's own")
     state = Resumable(ckpt_path, {**(signature or {}), "epochs": int(epochs)}, model=model, optimizer=optimizer,
-                      scheduler=scheduler)
+                      scheduler=scheduler, **extra)
     start, history = state.resume(generator)
     if start:
         print(f"[resume] {Path(ckpt_path).name}: continuing after epoch {start} of {epochs}")

@@ -215,7 +215,8 @@ def estimate_run(lesson: str, phases: Sequence[Phase], device: torch.device | No
         lesson: the lesson's number (``"05"``).
         phases: the repeated work of a paper run (:class:`Phase`).
         device: the device the steps run on (synchronised when timing).
-        warmup, repeats: untimed and timed calls per phase (:func:`time_step`).
+        warmup, repeats: untimed and timed calls per phase (:func:`time_step`); a smoke run
+            (:func:`pruninglib.utils.is_smoke`) makes one timed call per phase, nothing more.
         show: print the line and a per-phase breakdown.
         record_it: record ``paper_estimate_hours`` and ``paper_estimate_tflop`` (:func:`pruninglib.record`).
 
@@ -229,11 +230,14 @@ def estimate_run(lesson: str, phases: Sequence[Phase], device: torch.device | No
     if not phases:
         raise ValueError("estimate_run needs at least one Phase (the lesson's main repeated steps)")
     rows, total, tflop = [], 0.0, 0.0
+    smoke = is_smoke()
     for ph in phases:
         if ph.count < 0:
             raise ValueError(f"phase {ph.name!r}: count must be >= 0, got {ph.count}")
         w = warmup if ph.warmup is None else ph.warmup
         r = repeats if ph.repeats is None else ph.repeats
+        if smoke:  # a smoke run checks the code path: a single timed call per phase
+            w, r = 0, 1
         if ph.per_call <= 0:
             raise ValueError(f"phase {ph.name!r}: per_call must be positive, got {ph.per_call}")
         s = time_step(ph.step, w, r, device) / ph.per_call if ph.count > 0 else 0.0
@@ -241,7 +245,7 @@ def estimate_run(lesson: str, phases: Sequence[Phase], device: torch.device | No
         tflop += (ph.flops or 0.0) * ph.count / 1e12
         rows.append({"phase": ph.name, "seconds per unit": s, "units": ph.count, "hours": s * ph.count / 3600})
     est = Estimate(lesson, describe_device(device) if device is not None else describe_device(), total, rows,
-                   tflop, is_smoke())
+                   tflop, smoke)
     if show:
         print(est.line())
         for r in rows:

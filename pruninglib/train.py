@@ -175,5 +175,5 @@ def _fit(model: nn.Module, train_loader: Iterable, epochs: int, optimizer: torch
         history.append(row)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))})
     return history

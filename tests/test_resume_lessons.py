@@ -1,6 +1,6 @@
 """Long runs resume (issue 18, Sec. 3): kill a phase in the middle, run the same command again, get the same bits.
 
-Lessons 02, 03, 04 and 06 checkpoint their long training phases through
+Lessons 02, 03, 04, 06 and 07 checkpoint their long training phases through
 :class:`pruninglib.checkpoint.Resumable` (:func:`pruninglib.checkpoint.fit_resumable`), the generalisation of
 lesson 05's ``train_resumable``. Each test runs one lesson's phase, at the lesson's paper widths on stand-in
 data, in a child process three times: once uninterrupted; once killed with SIGKILL right after its first
@@ -77,6 +77,31 @@ h = fit_resumable(net, make_loader(ds, 16, shuffle=True, seed=0), 3, ckpt_path=w
                   optimizer=opt, scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, 3), progress=False)
 torch.save({"state": net.state_dict(), "history": h}, out)
 """,
+    # lesson 06: Sparse Structure Selection on the paper's ResNet-56 (SGD + APG on the block scales, two schedules)
+    "06_resnet56_sss": """
+from pruninglib import data, models
+from pruninglib.cache import work_path
+from pruninglib.lessons.channel_selection import transforms_for
+from pruninglib.methods.block_selection import train_sss
+from pruninglib.train import make_loader
+train_tf, _, ch, _ = transforms_for("cifar10")
+ds = data.subset_per_class(data.load_dataset("cifar10", "train", train_tf), 1)  # 10 images
+set_seed(0)
+net = models.build_model("resnet56")
+key = {"lesson": "06", "sss": 3}
+traj = train_sss(net, make_loader(ds, 10, shuffle=True, seed=0), 3, 0.1, 0.05, progress=False,
+                 ckpt_path=work_path("l06_sss", key), signature=key)
+torch.save({"state": net.state_dict(), "history": traj}, out)
+""",
+    # lesson 07: the paper's ResNet-32 on CIFAR-100 (stand-in), trained by kfac_structured.trained (cached + resumable)
+    "07_resnet32_train": """
+from pruninglib.lessons import kfac_structured as L
+cfg = {"res_depth": 32, "res_widths": (16, 32, 64), "dataset": "cifar100", "n_train": 1, "epochs": 3, "lr": 0.1,
+       "batch": 32}
+ds = L.lesson_data("cifar100", 1, 1, 0)
+net = L.trained("resnet", cfg, ds, 0, torch.device("cpu"))
+torch.save({"state": net.state_dict(), "history": [0, 0, 0]}, out)
+""",
 }
 
 
@@ -104,12 +129,12 @@ def _same(a: dict, b: dict) -> list[str]:
     return diff
 
 
-#: ``make test`` kills lesson 02's phase (seconds); the others (CIFAR VGG-16 training, VGG16 fine-tuning at 224 px)
+#: ``make test`` kills lesson 02's phase, lesson 06's SSS and lesson 07's ResNet-32 (seconds); the others (CIFAR VGG-16 training, VGG16 fine-tuning at 224 px)
 #: take minutes each on a CPU: ``make test-paper`` (PRUNINGLIB_SLOW_TESTS=1) kills them all.
 _SLOW = os.environ.get("PRUNINGLIB_SLOW_TESTS", "") == "1"
 
 
-@pytest.mark.parametrize("phase", [pytest.param(p, marks=() if _SLOW or p.startswith("02_") else pytest.mark.skip(
+@pytest.mark.parametrize("phase", [pytest.param(p, marks=() if _SLOW or p.startswith(("02_", "06_resnet", "07_")) else pytest.mark.skip(
     reason="minutes on a CPU: make test-paper runs it")) for p in sorted(PHASES)])
 def test_killed_phase_resumes_bit_identically(phase, data_root, tmp_path):
     script = PHASES[phase]
@@ -128,7 +153,7 @@ def test_killed_phase_resumes_bit_identically(phase, data_root, tmp_path):
     assert "[resume]" in again.stdout and "continuing after epoch 1 of 3" in again.stdout, again.stdout[-2000:]
     a = torch.load(tmp_path / "ref.pt", weights_only=False)
     b = torch.load(tmp_path / "resumed.pt", weights_only=False)
-    assert len(a["history"]) == 3
+    assert len(a["history"]) in (3, 4)  # 3 epochs (SSS: its scale trajectory, the start and 3 epochs)
     assert not _same(a, b), f"resumed run differs from the uninterrupted one in {_same(a, b)[:5]}"
 
 
@@ -186,3 +211,71 @@ def test_fit_resumable_checkpointed_equals_fit(tmp_path):
         out.append((net.state_dict(), h))
     assert out[0][1] == out[1][1]
     assert all(torch.equal(out[0][0][k], out[1][0][k]) for k in out[0][0])
+
+
+def test_greedy_prune_resumes_where_it_stopped(tmp_path):
+    """Lesson 03's greedy loop (re-scoring every step): interrupted after a few steps and run again, it
+    continues from its checkpoint and ends with the same trajectory as an uninterrupted run."""
+    from pruninglib.methods.schedule import greedy_prune, greedy_scorer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(6 * 6 * 6, 10))
+    batches = [(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))) for _ in range(2)]
+    kw = dict(step=1, max_loss_increase=10.0, stop_at_threshold=False)
+    for rescore in (True, False):
+        ref = greedy_prune(net, batches, greedy_scorer("taylor_fo_gate"), rescore=rescore, **kw)
+        calls, real = [0], greedy_scorer("taylor_fo_gate")
+
+        def failing(m, b, alive):
+            calls[0] += 1
+            if calls[0] == 4:
+                raise KeyboardInterrupt  # stands in for a kill between two steps
+            return real(m, b, alive)
+
+        ckpt = tmp_path / f"greedy_{rescore}.partial.pt"
+        if rescore:
+            with pytest.raises(KeyboardInterrupt):
+                greedy_prune(net, batches, failing, rescore=rescore, ckpt_path=ckpt, signature={"t": 1}, **kw)
+        else:  # scored once: interrupt through the loss instead, after three steps
+            import pruninglib.criteria.oracle as oracle
+
+            orig, n = oracle.evaluate_loss, [0]
+
+            def loss(*a, **k):
+                n[0] += 1
+                if n[0] == 4:
+                    raise KeyboardInterrupt
+                return orig(*a, **k)
+
+            oracle.evaluate_loss = loss
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    greedy_prune(net, batches, real, rescore=rescore, ckpt_path=ckpt, signature={"t": 1}, **kw)
+            finally:
+                oracle.evaluate_loss = orig
+        assert ckpt.exists()
+        with pytest.raises(ValueError, match="other settings"):
+            greedy_prune(net, batches, real, rescore=rescore, ckpt_path=ckpt, signature={"t": 2}, **kw)
+        again = greedy_prune(net, batches, real, rescore=rescore, ckpt_path=ckpt, signature={"t": 1}, **kw)
+        assert not ckpt.exists()  # removed once the loop is done
+        assert again.order == ref.order and again.losses == ref.losses and again.count == ref.count
+        assert again.units_removed == ref.units_removed
+
+
+def test_fit_resumable_extra_state_is_saved_and_names_are_checked(tmp_path):
+    """``extra_state`` objects (lesson 06's APG optimizer) go into the checkpoint; fit_resumable's own names are refused."""
+    from torch.utils.data import TensorDataset
+
+    from pruninglib.checkpoint import fit_resumable, load_checkpoint
+    from pruninglib.train import make_loader
+
+    net = torch.nn.Linear(3, 2)
+    loader = make_loader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), 4, shuffle=True, seed=0)
+    extra = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="extra_state may not use the names"):
+        fit_resumable(net, loader, 1, ckpt_path=tmp_path / "a.pt", extra_state={"model": extra}, progress=False)
+    extra.param_groups[0]["lr"] = 0.123
+    fit_resumable(net, loader, 1, ckpt_path=tmp_path / "b.pt", extra_state={"apg": extra}, progress=False)
+    saved = load_checkpoint(tmp_path / "b.pt")
+    assert saved["objects"]["apg"]["param_groups"][0]["lr"] == 0.123

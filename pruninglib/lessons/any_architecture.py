@@ -271,22 +271,28 @@ def load_data(cfg: Mapping[str, Any], seed: int = 0) -> tuple[Dataset, Dataset, 
 
 
 def train_model(model: nn.Module, train_ds: Dataset, epochs: int, lr: float, batch: int, seed: int = 0,
-                weight_decay: float = 5e-4, max_steps: int | None = None, desc: str = "train") -> list[dict]:
+                weight_decay: float = 5e-4, max_steps: int | None = None, desc: str = "train",
+                ckpt_path: Any = None, signature: Mapping[str, Any] | None = None) -> list[dict]:
     """SGD with momentum 0.9 and a cosine learning-rate schedule for ``epochs`` epochs (at most
-    ``max_steps`` steps per epoch: smoke runs). Returns :func:`pruninglib.train.fit`'s history. Used in lesson 08."""
-    from pruninglib.train import fit, make_loader
+    ``max_steps`` steps per epoch: smoke runs). With ``ckpt_path``, a checkpoint after every epoch
+    (:func:`pruninglib.checkpoint.fit_resumable`: a killed run resumes where it stopped). Returns
+    :func:`pruninglib.train.fit`'s history. Used in lesson 08."""
+    from pruninglib.checkpoint import fit_resumable
+    from pruninglib.train import make_loader
 
     loader = make_loader(train_ds, batch, shuffle=True, seed=seed, drop_last=len(train_ds) > batch)
     if max_steps is not None:
         loader = _capped(loader, max_steps)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
-    return fit(model, loader, epochs, optimizer=opt, scheduler=sched, progress=True)
+    return fit_resumable(model, loader, epochs, ckpt_path=ckpt_path, signature=dict(signature or {}), optimizer=opt,
+                         scheduler=sched, progress=True)
 
 
 class _capped:
     def __init__(self, loader: Iterable, n: int) -> None:
         self.loader, self.n = loader, n
+        self.generator = getattr(loader, "generator", None)  # the shuffling state, saved by fit_resumable
 
     def __iter__(self):
         for i, b in enumerate(self.loader):
@@ -479,7 +485,7 @@ def build_trained(label: str, name: str, kwargs: Mapping[str, Any], train_ds: Da
     """Build ``name`` with :func:`pruninglib.models.build_model` and train it (cached by
     :func:`pruninglib.cache.cached` on everything the result depends on). Returns the model (eval
     mode, on ``device``) and its training history. Used in lesson 08."""
-    from pruninglib.cache import cached
+    from pruninglib.cache import cached, work_path
     from pruninglib.models import build_model
     from pruninglib.utils import set_seed
 
@@ -490,7 +496,7 @@ def build_trained(label: str, name: str, kwargs: Mapping[str, Any], train_ds: Da
         set_seed(seed)
         m = build_model(name, **kwargs).to(device)
         hist = train_model(m, train_ds, cfg["epochs"], cfg["lr"], cfg["batch"], seed, max_steps=cfg.get("max_steps"),
-                           desc=label)
+                           desc=label, ckpt_path=work_path(f"lesson08-{name}", params), signature=params)
         return {"state_dict": {k: v.cpu() for k, v in m.state_dict().items()}, "history": hist}
 
     res = cached(f"lesson08-{name}", params, compute)

@@ -108,7 +108,8 @@ def method_scores(method: str, model: nn.Module, stats: Mapping[str, Any], batch
     """
     dev = next(model.parameters()).device
     if method in _KRON:
-        s = kron_criterion_scores(_KRON[method], model, stats["factors"], stats["diag"], damping=damping)
+        memo = stats.setdefault("memo", {}) if isinstance(stats, dict) else None  # factor inverses, kept with them
+        s = kron_criterion_scores(_KRON[method], model, stats["factors"], stats["diag"], damping=damping, memo=memo)
     elif method == "Network Slimming (BN scale)":
         s = get_criterion("bn_scale")(model)
     elif method == "L1 norm":
@@ -357,7 +358,10 @@ def latency_ratios(base: nn.Module, models: Mapping[str, nn.Module], example: to
 
 def trained(kind: str, cfg: Mapping[str, Any], ds: Mapping[str, Any], seed: int, device: torch.device) -> nn.Module:
     """The lesson's base network, trained once (SGD, momentum 0.9, weight decay 5e-4, cosine schedule) and cached
-    through :func:`pruninglib.cache.cached`. Used in lesson 07."""
+    through :func:`pruninglib.cache.cached`; checkpointed after every epoch (:func:`pruninglib.checkpoint.fit_resumable`),
+    so a killed run resumes where it stopped. Used in lesson 07."""
+    from pruninglib.cache import work_path
+    from pruninglib.checkpoint import fit_resumable
     from pruninglib.train import make_loader
     from pruninglib.utils import set_seed
 
@@ -365,8 +369,9 @@ def trained(kind: str, cfg: Mapping[str, Any], ds: Mapping[str, Any], seed: int,
         set_seed(seed)
         net = build_net(kind, cfg, ds["channels"], ds["classes"]).to(device)
         opt = torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=5e-4)
-        fit(net, make_loader(ds["train"], cfg["batch"], shuffle=True, seed=seed), cfg["epochs"], optimizer=opt,
-            scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["epochs"]))
+        fit_resumable(net, make_loader(ds["train"], cfg["batch"], shuffle=True, seed=seed), cfg["epochs"],
+                      ckpt_path=work_path(f"l07_{kind}", key), signature=key, optimizer=opt,
+                      scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg["epochs"]))
         return {k: v.cpu() for k, v in net.state_dict().items()}
 
     arch = {k: cfg[k] for k in (("vgg", "vgg_width") if kind == "vgg" else ("res_depth", "res_widths"))}

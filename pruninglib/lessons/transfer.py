@@ -64,7 +64,7 @@ __all__ = [
 
 #: Lesson 04's ``--smoke`` caps (issue 18): paper mode (VGG16 at 224 px, 512 filters per iteration) with a few
 #: photos, two pruning iterations, one epoch per phase and the smallest timing loops.
-SMOKE_CAPS: dict[str, Any] = dict(n_train_per_class=4, n_test_per_class=6, head_epochs=1, iterations=2,
+SMOKE_CAPS: dict[str, Any] = dict(n_train_per_class=2, n_test_per_class=6, head_epochs=1, iterations=2,
                                   finetune_epochs=1, final_epochs=1, lat_repeats=1, throughput_batch=2)
 
 def _check_vgg_like(model: nn.Module) -> None:

@@ -28,13 +28,13 @@ Works with :class:`~pruninglib.models.CifarResNet` (any module with ``blocks()``
 """
 from __future__ import annotations
 
-from typing import Iterable
+import os
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
 from torch.optim.optimizer import Optimizer
 
-from pruninglib.train import fit
 
 __all__ = ["add_block_scales", "block_scales", "scale_parameters", "soft_threshold", "APG",
            "drop_blocks", "fold_block_scales", "DroppedBlock", "train_sss"]
@@ -182,7 +182,8 @@ def fold_block_scales(model: nn.Module) -> None:
 
 
 def train_sss(model: nn.Module, loader: Iterable, epochs: int, lr: float, gamma: float, momentum: float = 0.9,
-              weight_decay: float = 5e-4, progress: bool = True) -> list[dict[str, float]]:
+              weight_decay: float = 5e-4, progress: bool = True, ckpt_path: str | os.PathLike | None = None,
+              signature: dict[str, Any] | None = None) -> list[dict[str, float]]:
     r"""Train ``model`` with Sparse Structure Selection (Huang & Wang 2018, Sec. 3.2-3.3), in place.
 
     Adds a scale :math:`\lambda_i` to every block (:func:`add_block_scales`); the other weights
@@ -190,16 +191,22 @@ def train_sss(model: nn.Module, loader: Iterable, epochs: int, lr: float, gamma:
     :math:`\gamma\lVert\lambda\rVert_1` (taken between ``backward()`` and the SGD step); both
     learning rates follow one cosine schedule over ``epochs``. Used in lesson 06.
 
+    With ``ckpt_path`` it checkpoints after every epoch (model, SGD and APG states, both schedules, the random
+    states; :func:`pruninglib.checkpoint.fit_resumable`): run again after a kill with the same ``signature``, it
+    resumes where it stopped, bit-identically on the CPU.
+
     Returns:
         The trajectory of the block scales: :func:`block_scales` before training and after each epoch.
     """
+    from pruninglib.checkpoint import fit_resumable
+
     add_block_scales(model)
     scales = scale_parameters(model)
     others = [p for p in model.parameters() if all(p is not s for s in scales)]
     opt = torch.optim.SGD(others, lr=lr, momentum=momentum, weight_decay=weight_decay)
     apg = APG(scales, lr=lr, gamma=gamma, momentum=momentum)
     apg_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(apg, epochs)
-    trajectory = [block_scales(model)]
+    start = block_scales(model)
 
     def apg_step(_: nn.Module) -> None:
         apg.step()
@@ -207,8 +214,11 @@ def train_sss(model: nn.Module, loader: Iterable, epochs: int, lr: float, gamma:
 
     def end_of_epoch(epoch: int, row: dict) -> None:
         apg_schedule.step()
-        trajectory.append(block_scales(model))
+        row["block_scales"] = block_scales(model)  # kept in the history, so a resumed run has the whole trajectory
 
-    fit(model, loader, epochs, optimizer=opt, after_backward=apg_step, on_epoch_end=end_of_epoch,
-        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs), progress=progress)
-    return trajectory
+    sig = {**(signature or {}), "lr": lr, "gamma": gamma, "momentum": momentum, "weight_decay": weight_decay}
+    history = fit_resumable(model, loader, epochs, ckpt_path=ckpt_path, signature=sig, optimizer=opt,
+                            scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs),
+                            on_epoch_end=end_of_epoch, extra_state={"apg": apg, "apg_schedule": apg_schedule},
+                            after_backward=apg_step, progress=progress)
+    return [start] + [row["block_scales"] for row in history]

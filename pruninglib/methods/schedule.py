@@ -17,8 +17,10 @@ record the loss after every step (:func:`greedy_prune`).
 from __future__ import annotations
 
 import copy
+import os
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -311,7 +313,8 @@ def greedy_prune(model: nn.Module, batches: Sequence,
                  step: int = 1, max_loss_increase: float = 1.0, loss_fn: Callable = F.cross_entropy,
                  max_units: int | None = None, min_keep: int = 1, rescore: bool = True,
                  stop_at_threshold: bool = True, progress: bool = False,
-                 desc: str = "greedy", score_batches: Sequence | None = None) -> GreedyResult:
+                 desc: str = "greedy", score_batches: Sequence | None = None,
+                 ckpt_path: str | os.PathLike | None = None, signature: dict[str, Any] | None = None) -> GreedyResult:
     r"""Greedy pruning without fine-tuning (Molchanov et al. 2019, Sec. 4.1, LeNet3 on MNIST).
 
     On a gated copy of ``model``: score the units with ``score_fn(model, batches, alive)`` (lower =
@@ -337,9 +340,15 @@ def greedy_prune(model: nn.Module, batches: Sequence,
         progress: show a tqdm bar over the units removed.
         desc: the bar's label.
         score_batches: the data ``score_fn`` sees (default: ``batches``).
+        ckpt_path: checkpoint after every step (:class:`pruninglib.checkpoint.Resumable`; the trajectory so far,
+            and the scores when ``rescore=False``); run again after a kill with the same ``signature``, the loop
+            puts the removed units' gates back to zero and continues -- the same result as an uninterrupted run,
+            since the scorers are deterministic given the gates. Removed when the loop ends.
+        signature: what the result depends on (the model, the data, the criterion), checked on resume.
 
     Used in lesson 03.
     """
+    from pruninglib.checkpoint import Resumable
     from pruninglib.criteria.oracle import evaluate_loss
 
     if step < 1:
@@ -351,12 +360,26 @@ def greedy_prune(model: nn.Module, batches: Sequence,
     alive = {pl.name: torch.ones(pl.num_units, dtype=torch.bool) for pl in layers}
     cap = sum(pl.num_units - min_keep for pl in layers)
     cap = cap if max_units is None else min(cap, max_units)
-    base = evaluate_loss(m, batches, loss_fn)
-    res = GreedyResult([0], [base], [], 0, max_loss_increase)
+    sig = {**(signature or {}), "step": step, "max_loss_increase": max_loss_increase, "cap": cap,
+           "min_keep": min_keep, "rescore": rescore, "stop_at_threshold": stop_at_threshold}
+    state = Resumable(ckpt_path, sig)
+    done, saved = state.resume()
     scores: Scores | None = None
-    bar = tqdm(total=cap, desc=desc, leave=False, disable=not progress)
     crossed = False
-    while len(res.order) < cap:
+    if done:
+        last = saved[-1]
+        res = GreedyResult(list(last["units_removed"]), list(last["losses"]), [tuple(u) for u in last["order"]],
+                           int(last["count"]), max_loss_increase)
+        crossed, scores = bool(last["crossed"]), last["scores"]
+        set_units(m, res.order, 0.0)  # the gates of the units already removed, as they were
+        for name, i in res.order:
+            alive[name][i] = False
+        print(f"[resume] {Path(ckpt_path).name}: continuing after {len(res.order)} of {cap} units removed")
+    else:
+        res = GreedyResult([0], [evaluate_loss(m, batches, loss_fn)], [], 0, max_loss_increase)
+    base = res.losses[0]
+    bar = tqdm(total=cap, initial=len(res.order), desc=desc, leave=False, disable=not progress)
+    while len(res.order) < cap and not (crossed and stop_at_threshold):
         if scores is None or rescore:
             scores = score_fn(m, batches if score_batches is None else score_batches, alive)
         units = select_lowest(scores, alive, min(step, cap - len(res.order)), min_keep)
@@ -376,7 +399,10 @@ def greedy_prune(model: nn.Module, batches: Sequence,
                 break
         if not crossed:
             res.count = len(res.order)
+        state.save(len(res.order), [{"units_removed": res.units_removed, "losses": res.losses, "order": res.order,
+                                     "count": res.count, "crossed": crossed, "scores": None if rescore else scores}])
     close_bar(bar)  # it may stop short of its total at the threshold
+    state.clear()
     return res
 
 
