@@ -21,9 +21,11 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import torch
+
 from pruninglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["cache_dir", "cache_key", "cached", "work_path"]
+__all__ = ["cache_dir", "cache_key", "cached", "work_path", "clear_work_paths", "state_fingerprint"]
 
 T = TypeVar("T")
 
@@ -56,6 +58,31 @@ def work_path(name: str, params: dict[str, Any]) -> Path | None:
     if os.environ.get("PRUNINGLIB_NO_CACHE"):
         return None
     return cache_dir() / f"{name}-{cache_key(name, params)}.partial.pt"
+
+
+def clear_work_paths(name: str) -> int:
+    """Remove every in-progress checkpoint :func:`work_path` made for ``name`` (any key); how many. A lesson
+    whose phases keep their finished checkpoints until it is done (lessons 07 and 08's fine-tunes: a rerun
+    after a kill reloads them) calls this at its end. Used in lessons 07 and 08.
+    """
+    if os.environ.get("PRUNINGLIB_NO_CACHE") or not cache_dir().exists():
+        return 0
+    n = 0
+    for path in cache_dir().glob(f"{name}-*.partial.pt"):
+        path.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def state_fingerprint(model: Any) -> str:
+    """A short hash of a model's parameter and buffer names and values (a key for work that starts from
+    those weights, e.g. a fine-tune of a pruned network). Used in lessons 07 and 08."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def cached(name: str, params: dict[str, Any], compute: Callable[[], T], verbose: bool = True) -> T:

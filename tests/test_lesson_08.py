@@ -171,3 +171,21 @@ def test_stage_of():
     assert A.stage_of("layer3.1.conv2") == "layer3"
     assert A.stage_of("features.7.conv.0.0") == "features.7"
     assert A.stage_of("conv1") == "stem"
+
+
+def test_prune_and_finetune_resumes_a_finished_finetune(tmp_path, monkeypatch, capsys):
+    """With ``ft["resume"]`` a fine-tune checkpoints under the data key and the pruned weights; run again, it reloads
+    the finished fine-tune (the same bits) instead of training again; clear_work_paths removes the checkpoints."""
+    from pruninglib.cache import clear_work_paths
+
+    monkeypatch.setenv("PRUNINGLIB_CACHE", str(tmp_path))
+    monkeypatch.delenv("PRUNINGLIB_NO_CACHE", raising=False)
+    model, ds, bs = _trained_tiny()
+    mg = G.find_groups(model, bs[0][0][:1])
+    plan = G.lowest_channels(G.score_groups(mg, G.unit_scores(mg, "l1")), {g.index: 0.5 for g in mg})
+    ft = dict(epochs=2, lr=0.01, batch=32, max_steps=2, resume={"data": "tiny"})
+    runs = [A.prune_and_finetune(model, bs[0][0][:1], plan, ds, bs, ft) for _ in range(2)]
+    assert "[resume]" in capsys.readouterr().out
+    assert runs[0][1] == runs[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][0].state_dict().values(), runs[1][0].state_dict().values()))
+    assert clear_work_paths("l08_finetune") == 1

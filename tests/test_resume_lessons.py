@@ -279,3 +279,32 @@ def test_fit_resumable_extra_state_is_saved_and_names_are_checked(tmp_path):
     fit_resumable(net, loader, 1, ckpt_path=tmp_path / "b.pt", extra_state={"apg": extra}, progress=False)
     saved = load_checkpoint(tmp_path / "b.pt")
     assert saved["objects"]["apg"]["param_groups"][0]["lr"] == 0.123
+
+
+def test_lesson07_finetunes_are_kept_until_the_lesson_clears_them(tmp_path, monkeypatch, capsys):
+    """Lesson 07's fine-tunes (and lesson 08's, through the same work_path mechanism) checkpoint under the data key
+    and the pruned weights; a rerun reloads a finished one bit for bit; clear_work_paths removes them."""
+    from torch.utils.data import TensorDataset
+
+    from pruninglib.cache import clear_work_paths, state_fingerprint
+    from pruninglib.lessons.kfac_structured import finetune
+    from pruninglib.train import make_loader
+
+    monkeypatch.setenv("PRUNINGLIB_CACHE", str(tmp_path))
+    monkeypatch.delenv("PRUNINGLIB_NO_CACHE", raising=False)
+    ds = TensorDataset(torch.randn(32, 5), torch.randint(0, 3, (32,)))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        out = finetune(net, make_loader(ds, 8, shuffle=True, seed=0), make_loader(ds, 32), 2, 0.05,
+                       resume_key={"t": 1})
+        runs.append(out)
+    assert "[resume]" in capsys.readouterr().out  # the second call reloaded the finished fine-tune
+    assert runs[0]["history"] == runs[1]["history"]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0]["model"].state_dict().values(),
+                                                  runs[1]["model"].state_dict().values()))
+    assert state_fingerprint(runs[0]["model"]) != state_fingerprint(net)
+    assert len(list(tmp_path.glob("l07_finetune-*.partial.pt"))) == 1
+    assert clear_work_paths("l07_finetune") == 1 and not list(tmp_path.glob("*.partial.pt"))

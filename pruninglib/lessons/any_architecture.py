@@ -445,15 +445,24 @@ def prune_and_finetune(model: nn.Module, example: torch.Tensor, plan: Mapping[in
                        ignored: Sequence[str] = ()) -> tuple[nn.Module, dict[str, float]]:
     """Remove the planned channels from a copy of ``model``, measure accuracy, fine-tune, measure again.
 
-    ``ft`` holds ``epochs``, ``lr``, ``batch`` and optionally ``max_steps``. Returns the pruned,
-    fine-tuned model and ``{"pruned": accuracy before fine-tuning, "fine-tuned": after, "params", "MACs"}``.
-    Used in lesson 08.
+    ``ft`` holds ``epochs``, ``lr``, ``batch`` and optionally ``max_steps`` and ``resume`` (what the data are,
+    JSON-like): with ``resume``, the fine-tune checkpoints after every epoch under that key and the pruned
+    weights, kept when done, so a rerun after a kill reloads the finished fine-tunes and continues the
+    interrupted one (the lesson removes them at its end: :func:`pruninglib.cache.clear_work_paths`
+    ``("l08_finetune")``). Returns the pruned, fine-tuned model and ``{"pruned": accuracy before fine-tuning,
+    "fine-tuned": after, "params", "MACs"}``. Used in lesson 08.
     """
+    from pruninglib.cache import state_fingerprint, work_path
+
     m = pruned_copy(model, example, plan, ignored)
     row = {"pruned": accuracy(m, test_batches)}
     if ft["epochs"] > 0:
+        key = None
+        if ft.get("resume") is not None:
+            key = {**dict(ft["resume"]), **{k: ft.get(k) for k in ("epochs", "lr", "batch", "max_steps")},
+                   "seed": seed, "start": state_fingerprint(m)}
         train_model(m, train_ds, ft["epochs"], ft["lr"], ft["batch"], seed, max_steps=ft.get("max_steps"),
-                    desc="fine-tune")
+                    desc="fine-tune", ckpt_path=work_path("l08_finetune", key) if key else None, signature=key)
     row.update({"fine-tuned": accuracy(m, test_batches), "params": count_parameters(m),
                 "MACs": count_macs(m, example=example)})
     return m, row

@@ -196,16 +196,29 @@ def prune_to_budget(model: nn.Module, method: str, stats: Mapping[str, Any], bud
 
 
 def finetune(model: nn.Module, train_loader: Iterable, test_loader: Iterable, epochs: int, lr: float,
-             weight_decay: float = 5e-4, progress: bool = False) -> dict[str, Any]:
+             weight_decay: float = 5e-4, progress: bool = False,
+             resume_key: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune a copy (SGD, momentum 0.9, cosine schedule); test accuracy after the **last** epoch and the
-    **best** over epochs (selected on the test set, as the authors' ``fine_tune_model`` does). Used in lesson 07."""
+    **best** over epochs (selected on the test set, as the authors' ``fine_tune_model`` does). Used in lesson 07.
+
+    ``resume_key`` (what the data and settings are): checkpoint after every epoch under that key and the starting
+    weights (:func:`pruninglib.checkpoint.fit_resumable`), kept when done, so a rerun after a kill reloads the
+    finished fine-tunes and continues the interrupted one; the lesson removes them at its end
+    (:func:`pruninglib.cache.clear_work_paths` ``("l07_finetune")``).
+    """
+    from pruninglib.cache import state_fingerprint, work_path
+    from pruninglib.checkpoint import fit_resumable
+
     net = copy.deepcopy(model).train()
     if epochs <= 0:
         acc = evaluate(net, test_loader)["accuracy"]
         return {"model": net.eval(), "last": acc, "best": acc, "history": []}
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    hist = fit(net, train_loader, epochs, optimizer=opt, val_loader=test_loader, progress=progress,
-               scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs))
+    key = None if resume_key is None else {**dict(resume_key), "start": state_fingerprint(net), "lr": lr,
+                                           "weight_decay": weight_decay}
+    hist = fit_resumable(net, train_loader, epochs, ckpt_path=work_path("l07_finetune", key) if key else None,
+                         signature=key, optimizer=opt, val_loader=test_loader, progress=progress,
+                         scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs))
     accs = [h["val_accuracy"] for h in hist]
     return {"model": net.eval(), "last": accs[-1], "best": max(accs), "history": accs}
 
