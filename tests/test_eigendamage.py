@@ -132,3 +132,25 @@ def test_global_removal_respects_the_cap_and_the_count() -> None:
         global_removal(scores, 1.5)
     with pytest.raises(ValueError, match="limit"):
         global_removal(scores, 0.5, limit=0.0)
+
+
+def test_c_obs_memo_reuses_the_inverse_diagonals_and_gives_the_same_scores():
+    """kron_criterion_scores(..., memo=) keeps diag(A^-1), diag(S^-1) per layer: the second call inverts nothing."""
+    import pruninglib.criteria.kron as K
+    from pruninglib.curvature.kfac import kfac_factors
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3))
+    batches = [(torch.randn(8, 2, 8, 8), torch.randint(0, 3, (8,)))]
+    fac = kfac_factors(net, batches, fisher="empirical", layers=["0"])
+    plain = K.kron_criterion_scores("c_obs", net, fac, damping=1e-3, kinds=("conv",))
+    memo, calls = {}, []
+    orig = K.c_obs_inverse_diagonals
+    K.c_obs_inverse_diagonals = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        first = K.kron_criterion_scores("c_obs", net, fac, damping=1e-3, kinds=("conv",), memo=memo)
+        second = K.kron_criterion_scores("c_obs", net, fac, damping=1e-3, kinds=("conv",), memo=memo)
+    finally:
+        K.c_obs_inverse_diagonals = orig
+    assert len(calls) == 1 and len(memo) == 1
+    assert all(torch.equal(plain[k], first[k]) and torch.equal(first[k], second[k]) for k in plain)

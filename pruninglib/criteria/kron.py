@@ -53,8 +53,7 @@ from pruninglib.curvature.kfac import KFACFactors, kfac_factors, layer_matrix, s
 
 __all__ = ["damped_inverse", "filter_quadratic", "kron_obd_scores", "kron_obs_scores", "kron_obs_update",
            "kron_obs_loss_change", "c_obd_scores", "c_obs_scores", "c_obs_inverse_diagonals", "fisher_diagonal",
-           "producer_factors",
-           "kron_criterion_scores", "apply_kron_obs", "KRON_METHODS"]
+           "producer_factors", "kron_criterion_scores", "apply_kron_obs", "KRON_METHODS"]
 
 #: The four criteria of this module, by registry name.
 KRON_METHODS = ("c_obd", "c_obs", "kron_obd", "kron_obs")

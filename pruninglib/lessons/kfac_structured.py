@@ -13,15 +13,12 @@ over epochs, selected on the test set).
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from pruninglib.cache import cached
+from pruninglib.cache import cached, state_fingerprint
 from pruninglib.core.eigenbasis import bottlenecks
 from pruninglib.core.graph import prunable_layers
 from pruninglib.core.metrics import count_macs, count_parameters
@@ -30,7 +27,7 @@ from pruninglib.criteria.base import Scores, get_criterion, normalize_per_layer
 from pruninglib.criteria.eigendamage import apply_eigendamage, collect_bases, eigen_plan, eigen_plan_params, eigen_targets, global_removal
 from pruninglib.criteria.kron import apply_kron_obs, fisher_diagonal, kron_criterion_scores
 from pruninglib.curvature.kfac import kfac_factors
-from pruninglib.train import evaluate, fit
+from pruninglib.train import evaluate
 
 __all__ = ["METHODS", "FILTER_METHODS", "weights_fingerprint", "fisher_statistics", "method_scores", "filter_plan",
            "pruned_by_filters", "prune_to_budget", "finetune", "iterative_prune", "kept_widths", "size_of",
@@ -44,13 +41,8 @@ FILTER_METHODS = tuple(m for m in METHODS if m != "EigenDamage")
 _KRON = {"C-OBD": "c_obd", "C-OBS": "c_obs", "Kron-OBD": "kron_obd", "Kron-OBS": "kron_obs"}
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """A short hash of a model's parameters and buffers (a cache key part). Used in lesson 07."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+#: A short hash of a model's parameters and buffers (a cache key part). Used in lesson 07.
+weights_fingerprint = state_fingerprint
 
 
 def fisher_statistics(model: nn.Module, loader: Iterable, fisher: str = "sampled", seed: int = 0,
@@ -206,7 +198,7 @@ def finetune(model: nn.Module, train_loader: Iterable, test_loader: Iterable, ep
     finished fine-tunes and continues the interrupted one; the lesson removes them at its end
     (:func:`pruninglib.cache.clear_work_paths` ``("l07_finetune")``).
     """
-    from pruninglib.cache import state_fingerprint, work_path
+    from pruninglib.cache import work_path
     from pruninglib.checkpoint import fit_resumable
 
     net = copy.deepcopy(model).train()
