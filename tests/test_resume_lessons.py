@@ -1,6 +1,6 @@
 """Long runs resume (issue 18, Sec. 3): kill a phase in the middle, run the same command again, get the same bits.
 
-Lessons 02, 03, 04, 06 and 07 checkpoint their long training phases through
+Lessons 02, 03, 04, 06, 07 and 09 checkpoint their long training phases through
 :class:`pruninglib.checkpoint.Resumable` (:func:`pruninglib.checkpoint.fit_resumable`), the generalisation of
 lesson 05's ``train_resumable``. Each test runs one lesson's phase, at the lesson's paper widths on stand-in
 data, in a child process three times: once uninterrupted; once killed with SIGKILL right after its first
@@ -102,7 +102,22 @@ ds = L.lesson_data("cifar100", 1, 1, 0)
 net = L.trained("resnet", cfg, ds, 0, torch.device("cpu"))
 torch.save({"state": net.state_dict(), "history": [0, 0, 0]}, out)
 """,
+    # lesson 09: the char GPT's training loop (AdamW, the window sampler's generator), checkpointed at every evaluation
+    "09_char_gpt_train": """
+from pruninglib.cache import work_path
+from pruninglib.lessons.transformers import train_char_gpt
+from pruninglib.models import build_model
+torch.manual_seed(0)
+ids = torch.randint(0, 20, (3000,), generator=torch.Generator().manual_seed(1))
+model = build_model("char_gpt", vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
+key = {"lesson": "09"}
+h = train_char_gpt(model, ids[:2500], ids[2500:], 30, 4, eval_every=10, eval_windows=4, progress=False,
+                   ckpt_path=work_path("char_gpt", key), signature=key)
+torch.save({"state": model.state_dict(), "history": h}, out)
+""",
 }
+#: what the resumed run prints (epoch-based phases: "continuing after epoch 1 of 3")
+RESUME_MESSAGE = {"09_char_gpt_train": "continuing after iteration 10 of 30"}
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +144,13 @@ def _same(a: dict, b: dict) -> list[str]:
     return diff
 
 
-#: ``make test`` kills lesson 02's phase, lesson 06's SSS and lesson 07's ResNet-32 (seconds); the others (CIFAR VGG-16 training, VGG16 fine-tuning at 224 px)
+#: ``make test`` kills lesson 02's phase, lesson 06's SSS, lesson 07's ResNet-32 and lesson 09's GPT (seconds); the
+#: others (CIFAR VGG-16 training, VGG16 fine-tuning at 224 px)
 #: take minutes each on a CPU: ``make test-paper`` (PRUNINGLIB_SLOW_TESTS=1) kills them all.
 _SLOW = os.environ.get("PRUNINGLIB_SLOW_TESTS", "") == "1"
 
 
-@pytest.mark.parametrize("phase", [pytest.param(p, marks=() if _SLOW or p.startswith(("02_", "06_resnet", "07_")) else pytest.mark.skip(
+@pytest.mark.parametrize("phase", [pytest.param(p, marks=() if _SLOW or p.startswith(("02_", "06_resnet", "07_", "09_")) else pytest.mark.skip(
     reason="minutes on a CPU: make test-paper runs it")) for p in sorted(PHASES)])
 def test_killed_phase_resumes_bit_identically(phase, data_root, tmp_path):
     script = PHASES[phase]
@@ -150,7 +166,8 @@ def test_killed_phase_resumes_bit_identically(phase, data_root, tmp_path):
 
     again = _run(script, tmp_path / "resumed.pt", data_root, cache)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "[resume]" in again.stdout and "continuing after epoch 1 of 3" in again.stdout, again.stdout[-2000:]
+    expected = RESUME_MESSAGE.get(phase, "continuing after epoch 1 of 3")
+    assert "[resume]" in again.stdout and expected in again.stdout, again.stdout[-2000:]
     a = torch.load(tmp_path / "ref.pt", weights_only=False)
     b = torch.load(tmp_path / "resumed.pt", weights_only=False)
     assert len(a["history"]) in (3, 4)  # 3 epochs (SSS: its scale trajectory, the start and 3 epochs)

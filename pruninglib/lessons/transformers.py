@@ -72,11 +72,17 @@ def _lr(it: int, iters: int, lr: float, warmup: int, min_lr: float) -> float:
 
 def train_char_gpt(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, iters: int, batch: int,
                    lr: float = 1e-3, min_lr: float = 1e-4, warmup: int = 100, weight_decay: float = 0.1,
-                   eval_every: int = 250, eval_windows: int = 64, seed: int = 0, progress: bool = True) -> list[dict]:
+                   eval_every: int = 250, eval_windows: int = 64, seed: int = 0, progress: bool = True,
+                   ckpt_path: Any = None, signature: dict | None = None) -> list[dict]:
     """Train a :class:`pruninglib.models.CharGPT` on random windows (AdamW, betas (0.9, 0.99),
     gradient clipping at 1, nanoGPT's ``train_shakespeare_char.py`` settings). Returns the history
-    ``[{"iter", "train_loss", "val_loss"}]``. Used in lesson 09."""
+    ``[{"iter", "train_loss", "val_loss"}]``. With ``ckpt_path``, a checkpoint after every evaluation
+    (:class:`pruninglib.checkpoint.Resumable`: model, AdamW, the window sampler's generator, the random
+    states, the history): run again after a kill with the same ``signature``, it continues from there,
+    bit-identically on the CPU. Used in lesson 09."""
     from tqdm.auto import tqdm
+
+    from pruninglib.checkpoint import Resumable
 
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
@@ -85,8 +91,14 @@ def train_char_gpt(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Ten
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.99))
-    history, run = [], 0.0
-    bar = tqdm(range(iters), desc="training the char GPT", disable=not progress)
+    sig = {**(signature or {}), "iters": iters, "batch": batch, "lr": lr, "min_lr": min_lr, "warmup": warmup,
+           "weight_decay": weight_decay, "eval_every": eval_every, "eval_windows": eval_windows, "seed": seed}
+    state = Resumable(ckpt_path, sig, model=model, optimizer=opt)
+    start, history = state.resume(g)
+    run = history[-1]["train_loss"] if history else 0.0  # the running loss at the last checkpoint
+    if start:
+        print(f"[resume] {Path(ckpt_path).name}: continuing after iteration {start} of {iters}")
+    bar = tqdm(range(start, iters), desc="training the char GPT", disable=not progress)
     for it in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(it, iters, lr, min(warmup, iters // 10 + 1), min_lr)
@@ -103,6 +115,7 @@ def train_char_gpt(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Ten
         if (it + 1) % eval_every == 0 or it + 1 == iters:
             history.append({"iter": it + 1, "train_loss": run, "val_loss": val_loss(model, val_ids, eval_windows)})
             bar.set_postfix(val_loss=f"{history[-1]['val_loss']:.3f}")
+            state.save(it + 1, history, g)
     model.eval()
     return history
 
@@ -111,7 +124,7 @@ def char_gpt(settings: dict, train: Any, val: Any, seed: int = 0, device: torch.
     """The lesson's trained char GPT, from the cache when these settings were trained before
     (:func:`pruninglib.cache.cached`). ``settings`` holds ``n_layer, n_head, n_embd, block_size,
     iters, batch, lr`` and ``eval_windows``. Returns ``(model in eval mode, history)``. Used in lesson 09."""
-    from pruninglib.cache import cached
+    from pruninglib.cache import cached, work_path
     from pruninglib.models import build_model
 
     arch = dict(vocab_size=len(train.chars), block_size=settings["block_size"], n_layer=settings["n_layer"],
@@ -124,7 +137,7 @@ def char_gpt(settings: dict, train: Any, val: Any, seed: int = 0, device: torch.
         model = build_model("char_gpt", **arch).to(device)
         hist = train_char_gpt(model, train.data, val.data, settings["iters"], settings["batch"], settings["lr"],
                               eval_every=max(1, settings["iters"] // 8), eval_windows=settings["eval_windows"],
-                              seed=seed)
+                              seed=seed, ckpt_path=work_path("char_gpt", params), signature=params)
         return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist}
 
     out = cached("char_gpt", params, compute)
