@@ -15,9 +15,24 @@ export PRUNINGLIB_STATIC ?= 1
 
 .PHONY: install run test test-paper test-browser bench gpu-check clean
 
+# Disk space, checked before anything is written: $(call need_disk,FOLDER,GB,WHAT).
+# The virtual environment takes about 6.6 GB (PyPI's torch wheel carries CUDA); make test writes up to about
+# 7 GB of temporaries (the smoke sweep's paper-size models and K-FAC factors), removed when it passes.
+define need_disk
+	@mkdir -p "$(1)"; avail=$$(df -Pk "$(1)" | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$avail" -lt "$(2)" ]; then \
+	  echo "error: $(3) needs about $(2) GB free in $(1), and only $$avail GB is free there." >&2; \
+	  echo "fix: free disk space there (old clones and their .venv folders, old pytest-of-* folders in the" >&2; \
+	  echo "     temporary folder) or point TMPDIR at a larger disk, then rerun." >&2; \
+	  exit 1; \
+	fi
+endef
+TMP_ROOT := $(or $(TMPDIR),/tmp)
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	$(if $(wildcard $(VENV)/bin/python),,$(call need_disk,$(CURDIR),8,installing the virtual environment))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[deploy,llm]"
 	$(PY) -m ipykernel install --sys-prefix --name pruning --display-name "Python (pruning)" >/dev/null
@@ -27,6 +42,7 @@ run: install
 	$(PY) -m pruninglib.run --mode $(MODE)
 
 test: install
+	$(call need_disk,$(TMP_ROOT),8,make test)
 	$(PY) -m pytest -n 2 --dist loadfile
 
 # Every lesson's paper-mode code path (--smoke, stand-in data) and every resume kill test: longer than make test

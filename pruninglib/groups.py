@@ -140,9 +140,12 @@ class ModelGroups:
 
 
 def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The Conv2d / Linear modules whose output is (part of) the model's output: never pruned."""
-    outs: dict[int, nn.Module] = {}
-    handles = [m.register_forward_hook(lambda m, i, o: outs.__setitem__(id(o), m))
+    """The Conv2d / Linear modules whose output is (part of) the model's output: never pruned.
+
+    Matched by identity, with every layer output held until the end: an ``id()`` of a freed intermediate
+    output can be reused by the model's output, which would name a random inner layer."""
+    outs: list[tuple[torch.Tensor, nn.Module]] = []
+    handles = [m.register_forward_hook(lambda m, i, o: outs.append((o, m)))
                for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
@@ -151,7 +154,7 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         for h in handles:
             h.remove()
     ys = y if isinstance(y, (tuple, list)) else [y]
-    return [outs[id(t)] for t in ys if id(t) in outs]
+    return [m for t in ys for o, m in outs if o is t]
 
 
 def find_groups(model: nn.Module, example: torch.Tensor, ignored_layers: Iterable[str | nn.Module] = (),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,11 +46,12 @@ def _outputs_text(nb_path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Write the stand-ins, run ``python -m pruninglib.run --smoke`` over every lesson, return its results."""
+    """Write the stand-ins, run ``python -m pruninglib.run --smoke`` over every lesson, yield its results."""
     data_root = tmp_path_factory.mktemp("standins")
     written = standins.write_all(data_root)
     out = tmp_path_factory.mktemp("smoke") / "run"
-    env = {**os.environ, **standins.env(data_root), "PRUNINGLIB_CACHE": str(tmp_path_factory.mktemp("cache")),
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, **standins.env(data_root), "PRUNINGLIB_CACHE": str(cache),
            "PRUNINGLIB_STATIC": "1", "PRUNINGLIB_DEVICE": "cpu", "MPLBACKEND": "Agg"}
     env.pop("PRUNINGLIB_NO_CACHE", None)
     jobs = str(max(1, min(2, os.cpu_count() or 1)))
@@ -58,7 +60,11 @@ def sweep(tmp_path_factory):
                            "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else None
-    return {"proc": proc, "out": out, "summary": summary, "written": written}
+    # The sweep's cache holds full-size paper models and K-FAC factors (about 6 GB, lesson 07's VGG19 Fishers
+    # most of it): remove it once the sweep is read, so that repeated test runs do not fill the disk.
+    shutil.rmtree(cache, ignore_errors=True)
+    yield {"proc": proc, "out": out, "summary": summary, "written": written}
+    shutil.rmtree(data_root, ignore_errors=True)
 
 
 def _results(sweep) -> dict[str, dict]:

@@ -22,6 +22,20 @@ def _set_gammas(model: nn.Module, values: list[torch.Tensor]) -> None:
             pl.norm.weight.copy_(v)
 
 
+def test_one_hook_serves_each_new_model_even_at_a_reused_address():
+    """The hook caches each model's BatchNorms. Keyed by ``id(model)``, a new model allocated where a freed one
+    was got the freed model's BatchNorms and no penalty at all; keyed weakly by the model, each gets its own."""
+    hook = bn_l1_subgradient(1.0)
+    for _ in range(8):
+        m = CifarVGG(CFG, in_channels=1, num_classes=3)
+        for p in m.parameters():
+            p.grad = torch.zeros_like(p)
+        hook(m)
+        bn = m.features[1]
+        assert torch.equal(bn.weight.grad, torch.sign(bn.weight.detach())), "penalty missing on a new model"
+        del m, bn
+
+
 def test_subgradient_adds_s_sign_gamma():
     torch.manual_seed(0)
     m = CifarVGG(CFG, in_channels=1, num_classes=3)

@@ -23,6 +23,7 @@ constant (0 % accuracy, or a crash). Here every layer keeps at least ``min_keep`
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -68,12 +69,13 @@ def bn_l1_subgradient(s: float, scope: str = "prunable") -> Callable[[nn.Module]
         raise ValueError(f"sparsity strength s must be a finite number >= 0, got {s!r}")
     if scope not in ("prunable", "all"):
         raise ValueError(f"scope must be 'prunable' or 'all', got {scope!r}")
-    cache: dict[int, list[nn.Module]] = {}
+    # Keyed by the model itself, weakly: an ``id()`` of a freed model can be reused by a new one.
+    cache: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
     def hook(model: nn.Module) -> None:
-        mods = cache.get(id(model))
+        mods = cache.get(model)
         if mods is None:
-            mods = cache[id(model)] = _bn_modules(model, scope)
+            mods = cache[model] = _bn_modules(model, scope)
         for bn in mods:
             if bn.weight.grad is not None:
                 bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=s)
